@@ -1,0 +1,1 @@
+"""Plans, limits and (from the Billing issue on) subscriptions, quotas and costs."""

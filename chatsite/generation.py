@@ -1,0 +1,122 @@
+"""Generate one assistant reply: the body of the Celery task `generate_reply`.
+
+Claim the pending row → build the prompt from its branch → run it through the process's
+engine → publish text as it comes → save the result. Safe to run twice for one message.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing.plans import plan_for_user
+from chatsite import publisher
+from chatsite.models import Message
+from chatsite.selectors import conversation_branch, reply_stop_requested
+from inference import EngineConfig, FinishEvent, SamplingParams, TokenEvent
+from inference.prompts import PromptTooLong, build_prompt_ids
+from inference.worker import engine_get
+
+logger = logging.getLogger(__name__)
+
+
+def reply_generate(*, message_id: int) -> None:
+    """Generate the reply `message_id` if it is still pending; otherwise do nothing."""
+    claimed = Message.objects.filter(
+        id=message_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).update(status=Message.Status.STREAMING, updated_at=timezone.now())
+    if not claimed:
+        return  # stopped while queued, or already handled by an earlier delivery
+    reply = Message.objects.select_related("conversation__owner").get(id=message_id)
+    try:
+        _generate(reply)
+    except Exception:
+        logger.exception("generating message %s failed", message_id)
+        _fail(reply, "The model could not answer. Please try again.")
+
+
+def _generate(reply: Message) -> None:
+    engine = engine_get(EngineConfig(**settings.INFERENCE_ENGINE))
+    plan = plan_for_user(reply.conversation.owner)
+    try:
+        prompt_ids = build_prompt_ids(
+            engine.tokenizer,
+            _chat_messages(reply),
+            context_length=engine.context_length,
+            reserve_tokens=min(plan.max_output_tokens, engine.context_length // 2),
+        )
+    except PromptTooLong as error:
+        _fail(reply, str(error).capitalize() + ".")
+        return
+    params = SamplingParams(
+        max_new_tokens=plan.max_output_tokens, temperature=settings.CHAT_TEMPERATURE, top_p=settings.CHAT_TOP_P
+    )
+    request = engine.submit(
+        prompt_ids, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
+    )
+    started = time.monotonic()
+    last_save = started
+    last_stop_check = 0.0
+    pieces: list[str] = []
+    for event in request.events(timeout=settings.CHAT_STOP_POLL_S):
+        events = [event, *request.drain()] if event is not None else []
+        tokens = [e for e in events if isinstance(e, TokenEvent)]
+        text = "".join(token.text for token in tokens)
+        if text:
+            pieces.append(text)
+            publisher.publish_token(reply.id, text=text, index=tokens[0].index)
+        finish = next((e for e in events if isinstance(e, FinishEvent)), None)
+        if finish is not None:
+            _finish(reply, "".join(pieces), finish)
+            return
+        now = time.monotonic()
+        if now - last_stop_check >= settings.CHAT_STOP_POLL_S:
+            last_stop_check = now
+            if reply_stop_requested(message_id=reply.id):
+                request.cancel("stop")
+            elif now - started > settings.CHAT_GENERATION_TIMEOUT_S:
+                request.cancel("timeout")
+        if now - last_save >= settings.CHAT_SAVE_EVERY_S:
+            last_save = now
+            Message.objects.filter(id=reply.id).update(content="".join(pieces), updated_at=timezone.now())
+
+
+def _chat_messages(reply: Message) -> list[dict[str, str]]:
+    """The branch above `reply`, as the chat template wants it; failed and empty turns left out."""
+    branch = conversation_branch(conversation=reply.conversation, leaf_id=reply.parent_id)
+    messages = [{"role": "system", "content": settings.CHAT_SYSTEM_PROMPT}] if settings.CHAT_SYSTEM_PROMPT else []
+    messages += [
+        {"role": message.role, "content": message.content}
+        for message in branch
+        if message.content and message.status != Message.Status.FAILED
+    ]
+    return messages
+
+
+def _finish(reply: Message, content: str, finish: FinishEvent) -> None:
+    usage = finish.usage
+    reply.content = content
+    reply.status = finish.status.value
+    reply.finish_reason = finish.reason
+    if finish.status.value == Message.Status.FAILED:
+        reply.error = "The model stopped with an error. Please try again."
+    reply.prompt_tokens = usage.prompt_tokens
+    reply.completion_tokens = usage.completion_tokens
+    reply.queue_wait_s = usage.queue_wait_s
+    reply.ttft_s = usage.ttft_s
+    reply.decode_s = usage.decode_s
+    reply.compute_s = usage.compute_s
+    reply.save()
+    publisher.publish_done(
+        reply.id, status=reply.status, finish_reason=reply.finish_reason, content=content, usage=asdict(usage)
+    )
+
+
+def _fail(reply: Message, error: str) -> None:
+    Message.objects.filter(id=reply.id).update(
+        status=Message.Status.FAILED, error=error, finish_reason="error", updated_at=timezone.now()
+    )
+    publisher.publish_error(reply.id, error=error)

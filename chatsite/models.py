@@ -1,0 +1,66 @@
+"""The chat domain: a conversation owns a tree of messages; the shown branch ends at `current`."""
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Conversation(models.Model):
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=200, default="New chat")
+    # The last message of the branch the user sees; new messages continue it.
+    current = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [models.Index(fields=["owner", "-updated_at"])]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        SYSTEM = "system"
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        """Mirrors inference.RequestStatus value for value (a test holds them equal); spelled
+        out so that web processes need not import torch."""
+
+        PENDING = "pending"
+        STREAMING = "streaming"
+        DONE = "done"
+        STOPPED = "stopped"
+        FAILED = "failed"
+
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE, related_name="messages")
+    # Siblings (same parent) are alternatives: a regenerated answer or an edited question.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.CASCADE, related_name="children")
+    role = models.CharField(max_length=10, choices=Role.choices)
+    content = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
+    error = models.CharField(max_length=500, blank=True, default="")  # why a reply failed, for the user
+    finish_reason = models.CharField(max_length=40, blank=True, default="")  # eos, length, stop, ...
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+    queue_wait_s = models.FloatField(null=True, blank=True)  # sent → first forward pass
+    ttft_s = models.FloatField(null=True, blank=True)  # sent → first token
+    decode_s = models.FloatField(null=True, blank=True)  # first token → last token
+    compute_s = models.FloatField(null=True, blank=True)  # this reply's share of forward-pass time
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["conversation", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.role}: {self.content[:60]}"
+
+    @property
+    def in_progress(self) -> bool:
+        return self.status in (self.Status.PENDING, self.Status.STREAMING)

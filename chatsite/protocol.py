@@ -1,0 +1,142 @@
+"""The /ws/chat/ JSON protocol: parse what clients send, shape what the server sends.
+
+Client → server: {"type": "send", "conversation": <id or null>, "content": "..."}
+                 {"type": "stop"}
+Server → client: message.created, token, done, error (see the README).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal, TypedDict
+
+
+class ProtocolError(Exception):
+    """A frame the server refuses; `code` is stable for programs, `message` is for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class SendFrame:
+    conversation_id: int | None
+    content: str
+
+
+@dataclass(frozen=True)
+class StopFrame:
+    pass
+
+
+def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame | StopFrame:
+    """Validate one client frame; raise ProtocolError saying what is wrong."""
+    if text is None:
+        raise ProtocolError("bad_frame", "Frames must be JSON text, not binary.")
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+    if not isinstance(frame, dict):
+        raise ProtocolError("bad_frame", "A frame must be a JSON object with a \"type\".")
+    kind = frame.get("type")
+    if kind == "stop":
+        return StopFrame()
+    if kind != "send":
+        raise ProtocolError("unknown_type", f"Unknown frame type {kind!r}; expected \"send\" or \"stop\".")
+    conversation_id = frame.get("conversation")
+    if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
+        raise ProtocolError("bad_frame", "\"conversation\" must be a conversation id or null.")
+    content = frame.get("content")
+    if not isinstance(content, str):
+        raise ProtocolError("empty_content", "\"content\" is missing; send the message text.")
+    content = content.strip()
+    if not content:
+        raise ProtocolError("empty_content", "The message is empty.")
+    if len(content) > max_content_chars:
+        raise ProtocolError(
+            "too_long", f"The message has {len(content):,} characters; your plan allows {max_content_chars:,}."
+        )
+    return SendFrame(conversation_id=conversation_id, content=content)
+
+
+class MessageOut(TypedDict):
+    id: int
+    role: str
+    content: str
+    status: str
+    parent: int | None
+
+
+class MessageCreatedFrame(TypedDict):
+    type: Literal["message.created"]
+    conversation: dict
+    user_message: MessageOut
+    message: MessageOut
+
+
+class TokenFrame(TypedDict):
+    type: Literal["token"]
+    message: int
+    text: str
+    index: int
+
+
+class DoneFrame(TypedDict):
+    type: Literal["done"]
+    message: int
+    status: str
+    finish_reason: str
+    content: str
+    usage: dict
+
+
+class ErrorFrame(TypedDict, total=False):
+    type: Literal["error"]
+    code: str
+    error: str
+    message: int
+
+
+def message_out(message) -> MessageOut:
+    return {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "status": message.status,
+        "parent": message.parent_id,
+    }
+
+
+def message_created_frame(user_message, assistant_message) -> MessageCreatedFrame:
+    conversation = assistant_message.conversation
+    return {
+        "type": "message.created",
+        "conversation": {"id": conversation.id, "title": conversation.title},
+        "user_message": message_out(user_message),
+        "message": message_out(assistant_message),
+    }
+
+
+def token_frame(message_id: int, *, text: str, index: int) -> TokenFrame:
+    return {"type": "token", "message": message_id, "text": text, "index": index}
+
+
+def done_frame(message_id: int, *, status: str, finish_reason: str, content: str, usage: dict) -> DoneFrame:
+    return {
+        "type": "done",
+        "message": message_id,
+        "status": status,
+        "finish_reason": finish_reason,
+        "content": content,
+        "usage": usage,
+    }
+
+
+def error_frame(code: str, error: str, message_id: int | None = None) -> ErrorFrame:
+    frame: ErrorFrame = {"type": "error", "code": code, "error": error}
+    if message_id is not None:
+        frame["message"] = message_id
+    return frame

@@ -1,0 +1,39 @@
+"""Reads of the chat domain. Every read is scoped to its owner: others' rows do not exist."""
+from __future__ import annotations
+
+from django.core.cache import cache
+
+from chatsite.models import Conversation, Message
+
+
+def conversation_get(*, user, conversation_id: int) -> Conversation:
+    """The user's conversation; raises Conversation.DoesNotExist for anyone else's."""
+    return Conversation.objects.get(id=conversation_id, owner=user)
+
+
+def conversation_list(*, user, limit: int = 100) -> list[Conversation]:
+    return list(Conversation.objects.filter(owner=user).order_by("-updated_at")[:limit])
+
+
+def conversation_branch(*, conversation: Conversation, leaf_id: int | None = None) -> list[Message]:
+    """The messages from the root to `leaf_id` (default: the conversation's current message),
+    oldest first: the branch the user sees and the model is given. One query."""
+    leaf_id = leaf_id if leaf_id is not None else conversation.current_id
+    if leaf_id is None:
+        return []
+    by_id = {message.id: message for message in conversation.messages.all()}
+    branch = []
+    message = by_id.get(leaf_id)
+    while message is not None:
+        branch.append(message)
+        message = by_id.get(message.parent_id)
+    branch.reverse()
+    return branch
+
+
+def stop_key(message_id: int) -> str:
+    return f"chatsite:stop:{message_id}"
+
+
+def reply_stop_requested(*, message_id: int) -> bool:
+    return bool(cache.get(stop_key(message_id)))

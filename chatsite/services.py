@@ -1,0 +1,71 @@
+"""Writes of the chat domain: create messages, enqueue their replies, stop them."""
+from __future__ import annotations
+
+import enum
+
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from billing.plans import plan_for_user
+from chatsite.celery import app as celery_app
+from chatsite.models import Conversation, Message
+from chatsite.selectors import stop_key
+
+TITLE_CHARS = 60
+GENERATE_REPLY_TASK = "chatsite.tasks.generate_reply"  # sent by name: web processes need no torch
+STOP_KEY_TTL_S = 3600
+
+
+@transaction.atomic
+def message_send(*, user, conversation_id: int | None, content: str) -> tuple[Message, Message]:
+    """Save the user's message and a pending assistant reply after the conversation's current
+    message (a new conversation when `conversation_id` is None). Raises Conversation.DoesNotExist
+    for a conversation the user does not own. Enqueue the reply with `reply_enqueue`."""
+    if conversation_id is None:
+        conversation = Conversation.objects.create(owner=user, title=_title_from(content))
+    else:
+        conversation = Conversation.objects.select_for_update().get(id=conversation_id, owner=user)
+    user_message = Message.objects.create(
+        conversation=conversation, parent_id=conversation.current_id, role=Message.Role.USER, content=content
+    )
+    reply = Message.objects.create(
+        conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    )
+    conversation.current = reply
+    conversation.save(update_fields=["current", "updated_at"])
+    return user_message, reply
+
+
+def reply_enqueue(*, reply: Message, user) -> None:
+    """Queue `reply` for generation on the user's plan's queue, once the transaction commits."""
+    plan = plan_for_user(user)
+    transaction.on_commit(
+        lambda: celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
+    )
+
+
+class StopOutcome(enum.Enum):
+    STOPPED = "stopped"  # it was still queued and is now stopped; no worker will report on it
+    STOPPING = "stopping"  # it is being generated; the worker stops it and reports `done`
+    NOTHING = "nothing"  # not the user's, or already finished
+
+
+def reply_stop(*, user, message_id: int) -> StopOutcome:
+    """Stop the user's reply `message_id`. A reply still queued is marked stopped at once (the
+    task will skip it); one being generated is told through the cache and ends at the engine's
+    next step, keeping its text."""
+    owned = Message.objects.filter(id=message_id, conversation__owner=user, role=Message.Role.ASSISTANT)
+    if owned.filter(status=Message.Status.PENDING).update(
+        status=Message.Status.STOPPED, finish_reason="stop", updated_at=timezone.now()
+    ):
+        return StopOutcome.STOPPED
+    if owned.filter(status=Message.Status.STREAMING).exists():
+        cache.set(stop_key(message_id), True, STOP_KEY_TTL_S)
+        return StopOutcome.STOPPING
+    return StopOutcome.NOTHING
+
+
+def _title_from(content: str) -> str:
+    first_line = " ".join(content.split())
+    return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"

@@ -1,0 +1,14 @@
+"""Channel layer: Redis across processes when REDIS_URL is set, else in memory (one process)."""
+from chatsite.settings.env import env_str
+
+_redis_url = env_str("REDIS_URL")
+
+if _redis_url:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [_redis_url], "capacity": 1000, "expiry": 60},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}

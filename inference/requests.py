@@ -1,0 +1,123 @@
+"""One generation request: its inputs, its state, its accounting and its event stream."""
+from __future__ import annotations
+
+import enum
+import itertools
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from inference.sampling import SamplingParams
+
+
+class RequestStatus(str, enum.Enum):
+    """Where a request stands. The chat's Message.status mirrors these values."""
+
+    PENDING = "pending"  # queued, not yet admitted to a batch
+    STREAMING = "streaming"  # admitted; tokens are being generated
+    DONE = "done"  # ended by end-of-sequence or max_new_tokens
+    STOPPED = "stopped"  # ended on request (stop button, disconnect, shutdown, timeout)
+    FAILED = "failed"  # ended by an error
+
+    @property
+    def finished(self) -> bool:
+        return self in (RequestStatus.DONE, RequestStatus.STOPPED, RequestStatus.FAILED)
+
+
+@dataclass
+class Usage:
+    """What one request cost. Times are seconds measured from the request's arrival."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    queue_wait_s: float = 0.0  # arrival → first forward pass that includes this request
+    ttft_s: float | None = None  # arrival → first generated token
+    decode_s: float = 0.0  # first token → last token
+    compute_s: float = 0.0  # this request's share of the engine's forward-pass wall time
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """Newly decoded text. `text` may be empty while a multi-byte character is incomplete."""
+
+    text: str
+    index: int  # position of the token among the generated tokens, from 0
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    status: RequestStatus
+    reason: str  # "eos", "length", "stop", "shutdown", "error: ..."
+    usage: Usage
+
+
+Event = TokenEvent | FinishEvent
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Request:
+    """Created by the caller, advanced only by the engine's thread, read through `events()`.
+
+    `cancel()` is the one method other threads call; the engine honours it before its next step.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    priority: int = 0  # higher runs first
+    arrival_time: float = field(default_factory=time.time)  # wall clock, seconds
+    id: int = field(default_factory=lambda: next(_ids))
+    status: RequestStatus = RequestStatus.PENDING
+    output_ids: list[int] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel_reason: str = field(default="stop", repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("prompt_ids must not be empty")
+        self.usage.prompt_tokens = len(self.prompt_ids)
+
+    def cancel(self, reason: str = "stop") -> None:
+        """Ask the engine to end this request; what was generated so far is kept."""
+        self._cancel_reason = reason
+        self._cancelled.set()
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancelled.is_set()
+
+    def events(self, timeout: float | None = None) -> Iterator[Event | None]:
+        """Yield events until the FinishEvent; yield None whenever `timeout` passes quietly."""
+        while True:
+            try:
+                event = self._events.get(timeout=timeout)
+            except queue.Empty:
+                yield None
+                continue
+            yield event
+            if isinstance(event, FinishEvent):
+                return
+
+    def drain(self) -> list[Event]:
+        """Every event already waiting, without blocking (to coalesce tokens into one frame)."""
+        drained = []
+        while True:
+            try:
+                drained.append(self._events.get_nowait())
+            except queue.Empty:
+                return drained
+
+    # Called by the engine's thread only.
+    def emit(self, event: Event) -> None:
+        self._events.put(event)
+
+    def finish(self, status: RequestStatus, reason: str) -> None:
+        self.status = status
+        self.finish_reason = reason
+        self.emit(FinishEvent(status=status, reason=reason, usage=self.usage))
