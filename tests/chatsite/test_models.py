@@ -1,0 +1,24 @@
+import pytest
+
+from chatsite.models import Message
+from chatsite.selectors import conversation_branch
+from inference import RequestStatus
+from tests.chatsite.factories import conversation_with_reply
+
+pytestmark = pytest.mark.django_db
+
+
+def test_message_status_mirrors_the_engine_request_status():
+    assert {choice.value for choice in Message.Status} == {status.value for status in RequestStatus}
+
+
+def test_the_branch_follows_parents_from_the_current_message_and_skips_siblings(make_user):
+    conversation, question, first_reply = conversation_with_reply(make_user())
+    alternative = Message.objects.create(
+        conversation=conversation, parent=question, role=Message.Role.ASSISTANT, content="another answer"
+    )
+    follow_up = Message.objects.create(conversation=conversation, parent=alternative, role=Message.Role.USER, content="more")
+    conversation.current = follow_up
+    conversation.save()
+    assert conversation_branch(conversation=conversation) == [question, alternative, follow_up]
+    assert conversation_branch(conversation=conversation, leaf_id=first_reply.id) == [question, first_reply]

@@ -1,0 +1,61 @@
+import pytest
+
+from chatsite import services
+from chatsite.models import Conversation, Message
+from chatsite.selectors import reply_stop_requested
+from tests.chatsite.factories import conversation_with_reply
+
+pytestmark = pytest.mark.django_db
+
+
+def test_sending_starts_a_conversation_with_the_question_and_a_pending_reply(make_user):
+    user = make_user()
+    question, reply = services.message_send(user=user, conversation_id=None, content="What is the capital of France?")
+    conversation = reply.conversation
+    assert conversation.owner == user and conversation.title == "What is the capital of France?"
+    assert question.role == "user" and question.parent is None
+    assert reply.role == "assistant" and reply.parent == question and reply.status == "pending"
+    assert conversation.current == reply
+
+
+def test_sending_again_continues_the_shown_branch(make_user):
+    user = make_user()
+    conversation, _, first_reply = conversation_with_reply(user)
+    question, reply = services.message_send(user=user, conversation_id=conversation.id, content="And then?")
+    assert question.parent == first_reply
+    conversation.refresh_from_db()
+    assert conversation.current == reply
+
+
+def test_long_titles_are_shortened(make_user):
+    _, reply = services.message_send(user=make_user(), conversation_id=None, content="word " * 40)
+    assert len(reply.conversation.title) == services.TITLE_CHARS and reply.conversation.title.endswith("…")
+
+
+def test_sending_to_someone_elses_conversation_fails_and_writes_nothing(make_user):
+    conversation, _, _ = conversation_with_reply(make_user())
+    before = Message.objects.count()
+    with pytest.raises(Conversation.DoesNotExist):
+        services.message_send(user=make_user(), conversation_id=conversation.id, content="hi")
+    assert Message.objects.count() == before
+
+
+def test_stopping_a_queued_reply_marks_it_stopped_at_once(make_user):
+    user = make_user()
+    _, reply = services.message_send(user=user, conversation_id=None, content="hi")
+    assert services.reply_stop(user=user, message_id=reply.id) is services.StopOutcome.STOPPED
+    reply.refresh_from_db()
+    assert reply.status == "stopped"
+
+
+def test_stopping_a_streaming_reply_signals_the_worker(make_user):
+    user = make_user()
+    _, _, reply = conversation_with_reply(user, status=Message.Status.STREAMING)
+    assert services.reply_stop(user=user, message_id=reply.id) is services.StopOutcome.STOPPING
+    assert reply_stop_requested(message_id=reply.id)
+
+
+def test_nobody_can_stop_someone_elses_reply(make_user):
+    _, _, reply = conversation_with_reply(make_user(), status=Message.Status.STREAMING)
+    assert services.reply_stop(user=make_user(), message_id=reply.id) is services.StopOutcome.NOTHING
+    assert not reply_stop_requested(message_id=reply.id)

@@ -1,0 +1,65 @@
+"""Shared fixtures: a tiny model for fast generation, users, and the process's engine."""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from tests.tiny_model import build_tiny_model
+
+# Sync Playwright and the ORM share the test process; the servers under test never get this.
+os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny-llama")))
+
+
+@pytest.fixture(scope="session")
+def tiny_engine_config(tiny_model_dir):
+    from inference import EngineConfig
+
+    return EngineConfig(model=tiny_model_dir, dtype="fp32", max_running=8)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _worker_uses_tiny_model(tiny_model_dir, django_settings_session):
+    """Every engine this test process loads through settings is the tiny model."""
+    django_settings_session.INFERENCE_ENGINE = {
+        **django_settings_session.INFERENCE_ENGINE,
+        "model": tiny_model_dir,
+        "dtype": "fp32",
+    }
+    yield
+    from inference.worker import engine_shutdown
+
+    engine_shutdown()
+
+
+@pytest.fixture(scope="session")
+def django_settings_session():
+    from django.conf import settings
+
+    return settings
+
+
+@pytest.fixture
+def make_user(django_user_model):
+    counter = iter(range(1, 10_000))
+
+    def make(username: str | None = None, **extra):
+        return django_user_model.objects.create_user(
+            username=username or f"user{next(counter)}-{time.monotonic_ns()}", password="a-long-Passw0rd!", **extra
+        )
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Stop flags live in the cache, keyed by message id; ids repeat between tests."""
+    from django.core.cache import cache
+
+    cache.clear()

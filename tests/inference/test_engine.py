@@ -1,0 +1,126 @@
+import pytest
+
+from inference import Engine, EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
+from inference.prompts import build_prompt_ids
+
+
+@pytest.fixture
+def engine(tiny_engine_config):
+    engine = Engine.load(tiny_engine_config)
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture
+def one_slot_engine(tiny_engine_config):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1))
+    yield engine
+    engine.shutdown()
+
+
+def prompt(engine, text="Hello"):
+    return build_prompt_ids(engine.tokenizer, [{"role": "user", "content": text}], context_length=1024, reserve_tokens=64)
+
+
+def run(request):
+    events = list(request.events(timeout=30))
+    assert None not in events, "the engine went quiet for 30 s"
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
+    finish = events[-1]
+    assert isinstance(finish, FinishEvent)
+    return "".join(t.text for t in tokens), tokens, finish
+
+
+def test_generates_up_to_max_new_tokens_and_reports_usage(engine):
+    ids = prompt(engine)
+    text, tokens, finish = run(engine.submit(ids, SamplingParams(temperature=0, max_new_tokens=12)))
+    assert finish.status is RequestStatus.DONE and finish.reason == "length"
+    assert [t.index for t in tokens] == list(range(12))
+    assert text
+    usage = finish.usage
+    assert usage.prompt_tokens == len(ids) and usage.completion_tokens == 12
+    assert 0 <= usage.queue_wait_s <= usage.ttft_s
+    assert usage.decode_s > 0 and usage.compute_s > 0
+
+
+def test_greedy_and_seeded_sampling_repeat_exactly(engine):
+    ids = prompt(engine)
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    assert run(engine.submit(ids, greedy))[0] == run(engine.submit(ids, greedy))[0]
+    seeded = SamplingParams(temperature=1.0, max_new_tokens=16, seed=42)
+    assert run(engine.submit(ids, seeded))[0] == run(engine.submit(ids, seeded))[0]
+    other = SamplingParams(temperature=1.0, max_new_tokens=16, seed=43)
+    assert run(engine.submit(ids, seeded))[0] != run(engine.submit(ids, other))[0]
+
+
+def test_concurrent_requests_each_get_their_own_answer(engine):
+    greedy = SamplingParams(temperature=0, max_new_tokens=16)
+    alone = {text: run(engine.submit(prompt(engine, text), greedy))[0] for text in ("one", "two", "three")}
+    together = {text: engine.submit(prompt(engine, text), greedy) for text in alone}
+    assert {text: run(request)[0] for text, request in together.items()} == alone
+
+
+def test_cancel_ends_the_request_keeping_its_text_and_frees_the_slot(one_slot_engine):
+    engine = one_slot_engine
+    long = engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=900))
+    queued = engine.submit(prompt(engine, "next"), SamplingParams(temperature=0, max_new_tokens=4))
+    first = next(long.events(timeout=30))
+    assert isinstance(first, TokenEvent)
+    long.cancel("stop")
+    text, tokens, finish = run(long)
+    assert finish.status is RequestStatus.STOPPED and finish.reason == "stop"
+    assert 1 <= finish.usage.completion_tokens < 900
+    assert len(long.output_ids) == finish.usage.completion_tokens
+    assert run(queued)[2].status is RequestStatus.DONE  # the freed slot was reused
+
+
+def test_waiting_requests_are_admitted_by_priority(one_slot_engine):
+    engine = one_slot_engine
+    blocker = engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=900))
+    next(blocker.events(timeout=30))
+    free = engine.submit(prompt(engine, "free"), SamplingParams(temperature=0, max_new_tokens=2), priority=0)
+    plus = engine.submit(prompt(engine, "plus"), SamplingParams(temperature=0, max_new_tokens=2), priority=10)
+    blocker.cancel()
+    run(blocker)
+    plus_finish, free_finish = run(plus)[2], run(free)[2]
+    assert plus.arrival_time > free.arrival_time
+    assert plus.arrival_time + plus_finish.usage.queue_wait_s < free.arrival_time + free_finish.usage.queue_wait_s
+
+
+def test_compute_seconds_of_all_requests_sum_to_the_engine_busy_time(engine):
+    requests = [engine.submit(prompt(engine, str(n)), SamplingParams(temperature=0, max_new_tokens=8)) for n in range(5)]
+    total = sum(run(request)[2].usage.compute_s for request in requests)
+    assert total == pytest.approx(engine.snapshot().busy_s, rel=1e-9)
+
+
+def test_shutdown_stops_running_requests_with_their_text(tiny_engine_config):
+    engine = Engine.load(tiny_engine_config)
+    request = engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=900))
+    next(request.events(timeout=30))
+    engine.shutdown()
+    _, _, finish = run(request)
+    assert finish.status is RequestStatus.STOPPED and finish.reason == "shutdown"
+    with pytest.raises(RuntimeError, match="shutting down"):
+        engine.submit(prompt(engine), SamplingParams())
+
+
+def test_a_prompt_longer_than_the_context_is_refused(engine):
+    with pytest.raises(ValueError, match="context"):
+        engine.submit(list(range(5, 2000)), SamplingParams())
+
+
+@pytest.mark.real_model
+def test_the_real_model_knows_the_capital_of_france():
+    engine = Engine.load(EngineConfig())
+    try:
+        ids = build_prompt_ids(
+            engine.tokenizer,
+            [{"role": "user", "content": "What is the capital of France?"}],
+            context_length=engine.context_length,
+            reserve_tokens=64,
+        )
+        text, _, finish = run(engine.submit(ids, SamplingParams(temperature=0, max_new_tokens=40)))
+    finally:
+        engine.shutdown()
+    assert "Paris" in text
+    assert finish.status is RequestStatus.DONE

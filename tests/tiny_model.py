@@ -1,0 +1,38 @@
+"""A tiny randomly initialised Llama with SmolLM2's tokenizer and chat template, saved as a
+normal transformers folder: loads in a second, so tests exercise the real loading and
+generation code without the real weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from inference.loading import load_tokenizer, resolve_model_source
+
+SEED = 1234
+
+
+def build_tiny_model(folder: Path) -> Path:
+    tokenizer = load_tokenizer(resolve_model_source(""))
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    # Weaken the end-of-sequence token so random weights write long answers.
+    with torch.no_grad():
+        model.lm_head.weight[tokenizer.eos_token_id].zero_()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
