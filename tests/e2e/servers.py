@@ -1,0 +1,161 @@
+"""Real processes for end-to-end tests: daphne, a Celery worker, and a client that signs up
+over HTTP and chats over a real WebSocket."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import http.cookiejar
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+PASSWORD = "a-long-Passw0rd!"
+# Variables of the test process that must not leak into a server under test.
+_PRIVATE = ("DJANGO_ALLOW_ASYNC_UNSAFE", "DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "CHATSITE_DATA_DIR")
+
+
+def require_service(host: str, port: int, name: str) -> None:
+    """Skip when a service is missing; under CI=true a missing service is a failure."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as error:
+        message = f"{name} is not reachable on {host}:{port} ({error})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + "; CI must run the distributed tests")
+        pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(**overrides: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if key not in _PRIVATE}
+    env.update(overrides)
+    return env
+
+
+def manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([str(BIN / "python"), "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True)
+
+
+class Process:
+    """A child process whose output goes to a log file that a failing test can show."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.popen = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def wait_for_log(self, pattern: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if re.search(pattern, self.log()):
+                return
+            if self.popen.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"{self.log_path.name} never showed {pattern!r}:\n{self.log()[-4000:]}")
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(15)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+
+class Daphne(Process):
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(
+            "daphne",
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            env,
+            log_dir,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(self.url + "/healthz", timeout=2)
+                return
+            except OSError:
+                if self.popen.poll() is not None:
+                    break
+                time.sleep(0.2)
+        raise AssertionError(f"daphne did not start:\n{self.log()[-4000:]}")
+
+
+def celery_worker(env: dict[str, str], log_dir: Path) -> Process:
+    worker = Process(
+        "celery",
+        [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--concurrency", "4", "--loglevel", "INFO"],
+        env,
+        log_dir,
+    )
+    worker.wait_for_log(r"celery@\S+ ready")
+    return worker
+
+
+def sign_up(base_url: str, username: str) -> str:
+    """Sign up through the real form; return the Cookie header of the logged-in session."""
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(base_url + "/accounts/signup/").read().decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+    form = {"csrfmiddlewaretoken": token, "username": username, "password1": PASSWORD, "password2": PASSWORD}
+    request = urllib.request.Request(
+        base_url + "/accounts/signup/",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"Referer": base_url + "/accounts/signup/"},
+    )
+    final = opener.open(request)
+    assert final.url.endswith("/chat/"), f"sign-up did not reach the chat page but {final.url}"
+    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+
+
+def get_page(base_url: str, path: str, cookie: str) -> str:
+    request = urllib.request.Request(base_url + path, headers={"Cookie": cookie})
+    return urllib.request.urlopen(request).read().decode()
+
+
+def chat(base_url: str, cookie: str, content: str, *, stop_after_first_token: bool = False, timeout: float = 60):
+    """Send one message over /ws/chat/; return every frame up to `done` or `error`."""
+    import websockets
+
+    async def run():
+        frames = []
+        async with websockets.connect(
+            base_url.replace("http://", "ws://") + "/ws/chat/",
+            additional_headers={"Cookie": cookie, "Origin": base_url},
+        ) as socket_:
+            await socket_.send(json.dumps({"type": "send", "conversation": None, "content": content}))
+            while not frames or frames[-1]["type"] not in ("done", "error"):
+                frames.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
+                if stop_after_first_token and frames[-1]["type"] == "token" and len(frames) == 2:
+                    await socket_.send(json.dumps({"type": "stop"}))
+        return frames
+
+    # In a thread of its own: Playwright's sync API keeps an event loop running in this one.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, run()).result()

@@ -1,0 +1,86 @@
+"""The distributed mode end to end: PostgreSQL, a Redis broker, channels_redis, a separate
+`celery worker` process generating, and daphne serving the socket."""
+import os
+import uuid
+
+import psycopg
+import pytest
+import redis
+
+from tests.e2e.servers import Daphne, celery_worker, chat, manage, require_service, server_env, sign_up
+
+pytestmark = pytest.mark.distributed
+
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+REDIS_DB_URL = "redis://127.0.0.1:6379/9"  # a database of its own, emptied before and after
+
+
+@pytest.fixture(scope="module")
+def database_url():
+    require_service("127.0.0.1", 5432, "PostgreSQL")
+    name = f"chatsite_e2e_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield f"{POSTGRES}/{name}"
+    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    require_service("127.0.0.1", 6379, "Redis")
+    client = redis.Redis.from_url(REDIS_DB_URL)
+    client.flushdb()
+    yield REDIS_DB_URL
+    client.flushdb()
+
+
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory, tiny_model_dir, database_url, redis_url):
+    log_dir = tmp_path_factory.mktemp("distributed")
+    env = server_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        DJANGO_SECRET_KEY="distributed-test-" + uuid.uuid4().hex,
+        CHATSITE_DATA_DIR=str(log_dir),
+        CHAT_MODEL=tiny_model_dir,
+        CHAT_DTYPE="fp32",
+    )
+    manage(env, "migrate", "--noinput")
+    worker = celery_worker(env, log_dir)
+    server = Daphne(env, log_dir)
+    yield server, worker, database_url
+    server.stop()
+    worker.stop()
+
+
+def message_row(database_url, message_id):
+    with psycopg.connect(database_url) as connection:
+        return connection.execute(
+            "SELECT status, content, completion_tokens FROM chatsite_message WHERE id = %s", [message_id]
+        ).fetchone()
+
+
+def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(distributed):
+    server, worker, database_url = distributed
+    cookie = sign_up(server.url, "distributed-user")
+    frames = chat(server.url, cookie, "Hello over Redis")
+    created, tokens, done = frames[0], frames[1:-1], frames[-1]
+    assert tokens and done["type"] == "done" and done["status"] == "done"
+    answer = "".join(frame["text"] for frame in tokens)
+    status, content, completion_tokens = message_row(database_url, created["message"]["id"])
+    assert (status, content) == ("done", answer)
+    assert completion_tokens == done["usage"]["completion_tokens"] > 0
+    assert f"generate_reply[" in worker.log()  # the separate worker ran it
+    assert "embedded Celery worker" not in server.log()
+
+
+def test_stop_reaches_the_worker_process(distributed):
+    server, _, database_url = distributed
+    cookie = sign_up(server.url, "distributed-stopper")
+    frames = chat(server.url, cookie, "Tell me a long story", stop_after_first_token=True)
+    done = frames[-1]
+    assert done["type"] == "done" and done["status"] == "stopped"
+    status, content, completion_tokens = message_row(database_url, frames[0]["message"]["id"])
+    assert status == "stopped" and content == done["content"]
+    assert 0 < completion_tokens < 512  # the Free plan would have allowed 512
