@@ -12,13 +12,15 @@ import threading
 
 from celery.worker import WorkController
 from django.conf import settings
+from django.utils import timezone
 
-from chatsite import publisher
+from chatsite import publisher, services
 from chatsite.celery import app as celery_app
 
 logger = logging.getLogger(__name__)
 
 _worker_thread: threading.Thread | None = None
+_process_started_at = timezone.now()
 _lock = threading.Lock()
 
 
@@ -42,6 +44,9 @@ def embedded_worker_ensure() -> None:
 
 
 def _run_worker() -> None:
+    closed = services.replies_interrupted_close(before=_process_started_at)
+    if closed:
+        logger.warning("closed %s replies left unfinished by the previous run", closed)
     worker = WorkController(
         app=celery_app,
         hostname="embedded@chatsite",

@@ -1,6 +1,7 @@
 """Writes of the chat domain: create messages, enqueue their replies, stop them."""
 from __future__ import annotations
 
+import datetime
 import enum
 
 from django.core.cache import cache
@@ -69,3 +70,22 @@ def reply_stop(*, user, message_id: int) -> StopOutcome:
 def _title_from(content: str) -> str:
     first_line = " ".join(content.split())
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
+
+
+def replies_interrupted_close(*, before: datetime.datetime) -> int:
+    """Close the replies that a previous run of the process left unfinished: text that was
+    saved is kept (status stopped); replies never started fail with a message to resend.
+    Only for the embedded mode, where the process that starts is the only worker there is.
+    Rows touched at or after `before` belong to the running process and are left alone."""
+    unfinished = Message.objects.filter(role=Message.Role.ASSISTANT, updated_at__lt=before)
+    now = timezone.now()
+    stopped = unfinished.filter(status=Message.Status.STREAMING).update(
+        status=Message.Status.STOPPED, finish_reason="interrupted", updated_at=now
+    )
+    failed = unfinished.filter(status=Message.Status.PENDING).update(
+        status=Message.Status.FAILED,
+        finish_reason="interrupted",
+        error="The server restarted before this answer was written. Please send your message again.",
+        updated_at=now,
+    )
+    return stopped + failed
