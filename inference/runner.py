@@ -1,4 +1,10 @@
-"""The one module that touches torch devices: places the model and runs its forward passes."""
+"""The one module that touches torch devices: places the model, owns the batch's KV cache and
+runs forward passes over it.
+
+The running batch is one left-padded KV cache, a row per request. A request joins by a
+prefill of its own tokens whose KV is padded and stacked onto the batch; it leaves by
+dropping its row. Every decode step is one forward pass of [batch, 1] tokens.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,25 +47,99 @@ def _cpu_supports_bf16() -> bool:
 
 
 class ModelRunner:
-    """Runs forward passes for one sequence at a time; keeps no request state of its own."""
+    """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
     def __init__(self, model, device: torch.device) -> None:
         self.model = model.to(device)
         self.device = device
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)
+        self.rows: list[int] = []  # request id of each row
+        self._lengths: list[int] = []  # real (unpadded) tokens in each row
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, columns]: 1 real token, 0 left padding
+
+    @property
+    def padded_tokens(self) -> int:
+        """KV slots held, padding included: rows × columns."""
+        return 0 if self._mask is None else self._mask.numel()
 
     @torch.inference_mode()
-    def prefill(self, token_ids: list[int]) -> tuple[torch.Tensor, DynamicCache]:
-        """Run the whole prompt; return the last position's logits [vocab] and its KV cache."""
+    def add(self, sequences: dict[int, list[int]]) -> torch.Tensor:
+        """Prefill `sequences` (request id → its tokens so far) in one padded forward pass, add
+        them as rows, and return their next-token logits [len(sequences), vocab] in that order."""
+        width = max(len(tokens) for tokens in sequences.values())
+        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, tokens in enumerate(sequences.values()):
+            input_ids[row, width - len(tokens) :] = torch.tensor(tokens)
+            mask[row, width - len(tokens) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        input_ids = torch.tensor([token_ids], device=self.device)  # [1, prompt_len]
-        output = self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
-        return output.logits[0, -1], cache
+        output = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=positions.to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self._stack(cache, mask.to(self.device))
+        self.rows += list(sequences)
+        self._lengths += [len(tokens) for tokens in sequences.values()]
+        return output.logits[:, -1]
 
     @torch.inference_mode()
-    def decode(self, token_id: int, cache: DynamicCache) -> torch.Tensor:
-        """Feed one token after what `cache` holds; return the next logits [vocab]."""
-        input_ids = torch.tensor([[token_id]], device=self.device)  # [1, 1]
-        output = self.model(input_ids=input_ids, cache=cache, use_cache=True)
-        return output.logits[0, -1]
+    def decode(self, tokens: list[int]) -> torch.Tensor:
+        """Feed one token per row (in row order); return next-token logits [rows, vocab]."""
+        ones = torch.ones((len(self.rows), 1), dtype=self._mask.dtype, device=self.device)
+        self._mask = torch.cat([self._mask, ones], dim=1)
+        output = self.model(
+            input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),  # [rows, 1]
+            attention_mask=self._mask,
+            position_ids=torch.tensor(self._lengths, device=self.device).unsqueeze(1),
+            cache=self._cache,
+            use_cache=True,
+        )
+        self._lengths = [length + 1 for length in self._lengths]
+        return output.logits[:, -1]
+
+    def remove(self, request_ids: set[int]) -> None:
+        """Drop these requests' rows and free their KV memory."""
+        keep = [row for row, request_id in enumerate(self.rows) if request_id not in request_ids]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[row] for row in keep]
+        self._lengths = [self._lengths[row] for row in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._mask = self._mask.index_select(0, index)
+        # Columns that are padding in every remaining row hold nothing: cut them off.
+        first_used = int(self._mask.any(dim=0).nonzero()[0])
+        self._mask = self._mask[:, first_used:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[:, :, first_used:]
+            layer.values = layer.values.index_select(0, index)[:, :, first_used:]
+
+    def _stack(self, cache: DynamicCache, mask: torch.Tensor) -> None:
+        """Append the rows of a freshly prefilled `cache` to the batch, left-padding the
+        shorter of the two so that every row ends in the same column."""
+        if self._cache is None:
+            self._cache, self._mask = cache, mask
+            return
+        width = max(self._mask.shape[1], mask.shape[1])
+        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+        for old, new in zip(self._cache.layers, cache.layers):
+            old.keys = torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)])
+            old.values = torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)])
+
+
+def _pad_left(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)

@@ -5,6 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
+MAX_STOP_STRINGS = 8
+MAX_BEST_OF = 16
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -14,26 +17,49 @@ class SamplingParams:
     temperature: float = 0.7  # 0 means greedy (always the most likely token)
     top_k: int = 0  # keep only the k most likely tokens; 0 keeps all
     top_p: float = 1.0  # keep the smallest set whose probability reaches p; 1 keeps all
+    repetition_penalty: float = 1.0  # >1 makes tokens already in the text less likely (CTRL's rule)
+    stop: tuple[str, ...] = ()  # end the answer before the first of these strings
+    min_tokens: int = 0  # end-of-sequence is not allowed before this many tokens
+    ignore_eos: bool = False  # keep going past end-of-sequence until max_new_tokens (benchmarks)
     seed: int | None = None  # same seed and parameters give the same text
+    best_of: int = 1  # decode this many candidates together, return the most likely one
 
     def __post_init__(self) -> None:
         problems = []
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if not _whole(self.max_new_tokens) or self.max_new_tokens < 1:
             problems.append("max_new_tokens must be a whole number of at least 1")
-        if not 0.0 <= self.temperature <= 2.0:
+        if not _number(self.temperature) or not 0.0 <= self.temperature <= 2.0:
             problems.append("temperature must be between 0 and 2")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _whole(self.top_k) or self.top_k < 0:
             problems.append("top_k must be a whole number of at least 0")
-        if not 0.0 < self.top_p <= 1.0:
+        if not _number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             problems.append("top_p must be greater than 0 and at most 1")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+        if not _number(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 10.0:
+            problems.append("repetition_penalty must be greater than 0 and at most 10")
+        if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings")
+        if not _whole(self.min_tokens) or not 0 <= self.min_tokens <= (self.max_new_tokens if _whole(self.max_new_tokens) else 0):
+            problems.append("min_tokens must be a whole number between 0 and max_new_tokens")
+        if self.seed is not None and (not _whole(self.seed) or self.seed < 0):
             problems.append("seed must be a whole number of at least 0")
+        if not _whole(self.best_of) or not 1 <= self.best_of <= MAX_BEST_OF:
+            problems.append(f"best_of must be a whole number between 1 and {MAX_BEST_OF}")
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -46,20 +72,38 @@ def make_generator(seed: int | None) -> torch.Generator:
     return generator
 
 
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """Pick the next token from `logits` (shape [vocab]) as `params` say."""
+def sample(
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator,
+    *,
+    seen_tokens: list[int] = (),
+    banned_tokens: set[int] = frozenset(),
+) -> tuple[int, float]:
+    """Pick the next token from `logits` [vocab]; return it with its log-probability under the
+    model (before temperature and truncation), which best-of-n ranks by."""
+    # A float32 CPU copy: the generator lives on the CPU, bf16 softmax loses the tail, and the
+    # penalties below edit it in place.
+    logits = logits.to(device="cpu", dtype=torch.float32, copy=True)
+    if params.repetition_penalty != 1.0 and seen_tokens:
+        seen = torch.tensor(sorted(set(seen_tokens)))
+        scores = logits[seen]
+        logits[seen] = torch.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
+    if banned_tokens:
+        logits[list(banned_tokens)] = float("-inf")
+    log_probabilities = torch.log_softmax(logits, dim=-1)
     if params.greedy:
-        return int(torch.argmax(logits))
-    # Sample in float32 on the CPU: bf16 softmax loses the tail, and the generator lives there.
-    logits = logits.float().cpu() / params.temperature
+        token = int(torch.argmax(logits))
+        return token, float(log_probabilities[token])
+    logits = logits / params.temperature
     if params.top_k:
         kth_largest = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth_largest, float("-inf"))
     if params.top_p < 1.0:
         sorted_logits, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        sorted_probabilities = torch.softmax(sorted_logits, dim=-1)
         # Drop a token when the ones before it already reach top_p; the first always stays.
-        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= params.top_p
+        drop_sorted = (sorted_probabilities.cumsum(dim=-1) - sorted_probabilities) >= params.top_p
         logits[order[drop_sorted]] = float("-inf")
-    probabilities = torch.softmax(logits, dim=-1)
-    return int(torch.multinomial(probabilities, num_samples=1, generator=generator))
+    token = int(torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator))
+    return token, float(log_probabilities[token])

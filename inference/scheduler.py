@@ -1,20 +1,33 @@
-"""Which requests run: a waiting queue ordered by priority, then arrival, and a running set."""
+"""Which requests run: a waiting queue ordered by priority then arrival, a running set, and
+the caps that bound it. Plain bookkeeping, no tensors (nano-vllm's shape, vLLM's priority
+policy): a higher-priority request that does not fit preempts the lowest-priority, newest
+running one, which goes back to waiting with its text intact and is recomputed later.
+"""
 from __future__ import annotations
 
 import heapq
 import itertools
+from dataclasses import dataclass, field
 
 from inference.requests import Request
 
 
-class Scheduler:
-    """Plain bookkeeping, no tensors. Called from the engine's thread under the engine's lock."""
+@dataclass
+class Schedule:
+    admitted: list[Request] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)
 
-    def __init__(self, max_running: int) -> None:
+
+class Scheduler:
+    """Called from the engine's thread under the engine's lock."""
+
+    def __init__(self, max_running: int, max_kv_tokens: int) -> None:
         self.max_running = max_running
-        self.running: list[Request] = []
+        self.max_kv_tokens = max_kv_tokens
+        self.running: list[Request] = []  # in admission order
         self._waiting: list[tuple[int, int, Request]] = []  # heap of (-priority, arrival order, request)
         self._arrivals = itertools.count()
+        self._order: dict[int, int] = {}  # request id → arrival order, kept across preemptions
 
     @property
     def waiting(self) -> list[Request]:
@@ -24,16 +37,32 @@ class Scheduler:
         return bool(self.running or self._waiting)
 
     def add(self, request: Request) -> None:
-        heapq.heappush(self._waiting, (-request.priority, next(self._arrivals), request))
+        order = self._order.setdefault(request.id, next(self._arrivals))
+        heapq.heappush(self._waiting, (-request.priority, order, request))
 
-    def admit(self) -> list[Request]:
-        """Move the highest-priority waiting requests into free running slots; return them."""
-        admitted = []
-        while self._waiting and len(self.running) < self.max_running:
-            _, _, request = heapq.heappop(self._waiting)
-            self.running.append(request)
-            admitted.append(request)
-        return admitted
+    def kv_tokens(self) -> int:
+        """Tokens the running requests hold, and the one each adds at the next step."""
+        return sum(request.num_tokens + 1 for request in self.running)
+
+    def schedule(self) -> Schedule:
+        """Preempt to keep the running set under the KV cap, then fill free capacity from the
+        waiting queue by priority, preempting lower-priority requests where that makes room."""
+        schedule = Schedule()
+        while self.kv_tokens() > self.max_kv_tokens and len(self.running) > 1:
+            schedule.preempted.append(self._preempt(self._victim(below=None)))
+        while self._waiting:
+            candidate = self._waiting[0][2]
+            needed = candidate.num_tokens + 1
+            if len(self.running) < self.max_running and self.kv_tokens() + needed <= self.max_kv_tokens:
+                heapq.heappop(self._waiting)
+                self.running.append(candidate)
+                schedule.admitted.append(candidate)
+                continue
+            victim = self._victim(below=candidate.priority)
+            if victim is None:
+                break
+            schedule.preempted.append(self._preempt(victim))
+        return schedule
 
     def take_cancelled(self) -> list[Request]:
         """Remove and return every request, waiting or running, whose cancel was asked for."""
@@ -52,3 +81,17 @@ class Scheduler:
 
     def retire(self, request: Request) -> None:
         self.running.remove(request)
+        self._order.pop(request.id, None)
+
+    def _victim(self, *, below: int | None) -> Request | None:
+        """The lowest-priority running request (newest first among equals), if below `below`."""
+        candidates = [r for r in self.running if below is None or r.priority < below]
+        if not candidates:
+            return None
+        return min(reversed(candidates), key=lambda request: request.priority)
+
+    def _preempt(self, request: Request) -> Request:
+        self.running.remove(request)
+        request.preemptions += 1
+        self.add(request)
+        return request

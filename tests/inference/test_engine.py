@@ -124,3 +124,69 @@ def test_the_real_model_knows_the_capital_of_france():
         engine.shutdown()
     assert "Paris" in text
     assert finish.status is RequestStatus.DONE
+
+
+def test_a_preempted_request_resumes_with_its_text_intact(tiny_engine_config):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1))
+    try:
+        greedy = SamplingParams(temperature=0, max_new_tokens=60)
+        expected = run(engine.submit(prompt(engine, "free"), greedy))[0]
+        free = engine.submit(prompt(engine, "free"), greedy, priority=0)
+        next(free.events(timeout=30))
+        plus = engine.submit(prompt(engine, "plus"), SamplingParams(temperature=0, max_new_tokens=5), priority=10)
+        plus_finish = run(plus)[2]
+        text, _, finish = run(free)
+        assert free.preemptions == 1 and engine.snapshot().preemptions == 1
+        assert plus_finish.status is RequestStatus.DONE
+        # the first token event was taken above; the rest, joined, completes the same text
+        assert expected.endswith(text) and len(text) < len(expected)
+        assert finish.usage.completion_tokens == 60
+    finally:
+        engine.shutdown()
+
+
+def test_stop_strings_end_the_answer_before_them_and_are_never_streamed(engine):
+    ids = prompt(engine)
+    sampled = SamplingParams(temperature=1.0, seed=5, max_new_tokens=40)
+    full = run(engine.submit(ids, sampled))[0]
+    stop = full[20:24]
+    assert stop.strip(), "pick a stop string with visible text"
+    text, tokens, finish = run(engine.submit(ids, SamplingParams(**{**sampled.__dict__, "stop": (stop, "never seen")})))
+    assert finish.reason == "stop_string"
+    assert text == full[: full.index(stop)]
+    assert all(stop not in t.text for t in tokens)
+
+
+def test_min_tokens_and_ignore_eos_hold_off_the_end_of_sequence(engine):
+    eos = next(iter(engine.eos_token_ids))
+    # A prompt that ends in the chat template's end token makes the tiny model likely to repeat it;
+    # whatever it does, it may not end before min_tokens nor ever with ignore_eos.
+    ids = prompt(engine) + [eos]
+    _, tokens, finish = run(engine.submit(ids, SamplingParams(temperature=1.0, seed=3, max_new_tokens=20, min_tokens=20)))
+    assert finish.usage.completion_tokens == 20 and finish.reason == "length"
+    _, _, finish = run(engine.submit(ids, SamplingParams(temperature=1.0, seed=3, max_new_tokens=30, ignore_eos=True)))
+    assert finish.usage.completion_tokens == 30
+
+
+def test_best_of_returns_the_candidate_with_the_highest_normalised_log_probability(engine):
+    ids = prompt(engine)
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=100)
+    singles = [
+        engine.submit(ids, SamplingParams(temperature=1.0, max_new_tokens=12, seed=100 + n)) for n in range(4)
+    ]
+    results = [(run(r)[0], r.cumulative_logprob / len(r.output_ids)) for r in singles]
+    best = engine.submit(ids, SamplingParams(**{**params.__dict__, "best_of": 4}))
+    text, tokens, finish = run(best)
+    assert text == max(results, key=lambda result: result[1])[0]
+    assert len(tokens) == 1  # candidates are not streamed; the winner comes whole
+    assert finish.usage.completion_tokens == 48  # all four candidates were paid for
+
+
+def test_cancelling_a_best_of_request_stops_every_candidate(engine):
+    request = engine.submit(prompt(engine), SamplingParams(temperature=1.0, max_new_tokens=900, best_of=3))
+    while not all(c.output_ids for c in request.candidates):
+        pass
+    request.cancel("stop")
+    _, _, finish = run(request)
+    assert finish.status is RequestStatus.STOPPED
+    assert all(c.status is RequestStatus.STOPPED for c in request.candidates)

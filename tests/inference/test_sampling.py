@@ -1,7 +1,13 @@
+import math
+
 import pytest
 import torch
 
 from inference.sampling import SamplingParams, make_generator, sample
+
+
+def pick(logits, params, seed=0, **kwargs):
+    return sample(logits, params, make_generator(seed), **kwargs)[0]
 
 
 @pytest.mark.parametrize(
@@ -10,10 +16,17 @@ from inference.sampling import SamplingParams, make_generator, sample
         ({"max_new_tokens": 0}, "max_new_tokens"),
         ({"temperature": -0.1}, "temperature"),
         ({"temperature": 2.5}, "temperature"),
+        ({"temperature": "hot"}, "temperature"),
         ({"top_k": -1}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"top_p": 1.5}, "top_p"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"stop": ("",)}, "stop"),
+        ({"stop": tuple("abcdefghij")}, "stop"),
+        ({"min_tokens": 10, "max_new_tokens": 5}, "min_tokens"),
         ({"seed": -3}, "seed"),
+        ({"best_of": 0}, "best_of"),
+        ({"best_of": 17}, "best_of"),
     ],
 )
 def test_out_of_range_parameters_are_rejected_with_their_name(kwargs, message):
@@ -21,29 +34,47 @@ def test_out_of_range_parameters_are_rejected_with_their_name(kwargs, message):
         SamplingParams(**kwargs)
 
 
-def test_greedy_picks_the_most_likely_token():
+def test_greedy_picks_the_most_likely_token_and_reports_its_log_probability():
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
-    assert sample(logits, SamplingParams(temperature=0.0), make_generator(0)) == 1
+    token, logprob = sample(logits, SamplingParams(temperature=0.0), make_generator(0))
+    assert token == 1
+    assert logprob == pytest.approx(float(torch.log_softmax(logits, -1)[1]))
+    assert logprob < 0
 
 
 def test_top_k_one_is_greedy_whatever_the_temperature():
     logits = torch.tensor([0.1, 3.0, 2.9, -1.0])
-    picks = {sample(logits, SamplingParams(temperature=2.0, top_k=1), make_generator(seed)) for seed in range(20)}
-    assert picks == {1}
+    assert {pick(logits, SamplingParams(temperature=2.0, top_k=1), seed) for seed in range(20)} == {1}
 
 
 def test_top_p_keeps_only_the_smallest_set_reaching_p():
     # probabilities ≈ [0.64, 0.24, 0.09, 0.03]: p=0.7 keeps the first two only
     logits = torch.log(torch.tensor([0.64, 0.24, 0.09, 0.03]))
-    picks = {sample(logits, SamplingParams(temperature=1.0, top_p=0.7), make_generator(seed)) for seed in range(200)}
-    assert picks == {0, 1}
+    assert {pick(logits, SamplingParams(temperature=1.0, top_p=0.7), seed) for seed in range(200)} == {0, 1}
+
+
+def test_repetition_penalty_makes_seen_tokens_less_likely():
+    logits = torch.tensor([2.0, 1.9, -1.0])
+    assert pick(logits, SamplingParams(temperature=0)) == 0
+    assert pick(logits, SamplingParams(temperature=0, repetition_penalty=1.2), seen_tokens=[0]) == 1
+    # a negative logit is pushed further down, not up
+    assert pick(torch.tensor([-1.0, -1.1]), SamplingParams(temperature=0, repetition_penalty=2.0), seen_tokens=[0]) == 1
+
+
+def test_banned_tokens_are_never_picked():
+    logits = torch.tensor([5.0, 1.0, 0.0])
+    assert pick(logits, SamplingParams(temperature=0), banned_tokens={0}) == 1
+    assert all(pick(logits, SamplingParams(temperature=1.0), s, banned_tokens={0}) != 0 for s in range(50))
 
 
 def test_same_seed_gives_the_same_samples_and_another_seed_differs():
     logits = torch.zeros(1000)
-    params = SamplingParams(temperature=1.0, seed=7)
-    first = [sample(logits, params, generator) for generator in [make_generator(7)] for _ in range(10)]
-    second = [sample(logits, params, generator) for generator in [make_generator(7)] for _ in range(10)]
-    other = [sample(logits, params, generator) for generator in [make_generator(8)] for _ in range(10)]
-    assert first == second
-    assert first != other
+    params = SamplingParams(temperature=1.0)
+
+    def draws(seed):
+        generator = make_generator(seed)
+        return [sample(logits, params, generator)[0] for _ in range(10)]
+
+    assert draws(7) == draws(7)
+    assert draws(7) != draws(8)
+    assert math.isclose(sample(logits, params, make_generator(1))[1], -math.log(1000), rel_tol=1e-5)
