@@ -17,7 +17,7 @@ from inference.detokenize import IncrementalDetokenizer
 from inference.loading import load_model, load_tokenizer, resolve_model_source
 from inference.requests import Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype
-from inference.sampling import SamplingParams, make_generator, sample
+from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
 from inference.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -65,36 +65,47 @@ class EngineStats:
 
 
 class Engine:
-    """Thread-safe: `submit` and `Request.cancel` may be called from any thread."""
+    """Thread-safe: `submit` and `Request.cancel` may be called from any thread.
 
-    def __init__(self, runner: ModelRunner, tokenizer, config: EngineConfig = EngineConfig()) -> None:
-        self.runner = runner
-        self.tokenizer = tokenizer
+    The engine's own thread loads the model and runs every forward pass. torch's CPU thread
+    pool belongs to the thread that uses it: decode measured 34 ms a step when one thread did
+    all torch work, 48 ms when another thread had used torch first (/tmp/prof4.py in the Engine
+    issue's note), so no other thread of a worker should touch torch.
+    """
+
+    def __init__(self, config: EngineConfig = EngineConfig()) -> None:
         self.config = config
-        self.eos_token_ids = _eos_token_ids(runner.model, tokenizer)
         self.stats = EngineStats()
         self._scheduler = Scheduler(config.max_running, config.max_kv_tokens)
         self._states: dict[int, _SequenceState] = {}
         self._lock = threading.Condition()
         self._shutting_down = False
-        self._thread = threading.Thread(target=self._loop, name="inference-engine", daemon=True)
+        self._loaded = threading.Event()
+        self._load_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
         self._thread.start()
+        self._loaded.wait()
+        if self._load_error is not None:
+            raise self._load_error
 
     @classmethod
     def load(cls, config: EngineConfig = EngineConfig()) -> Engine:
-        """Load the configured model onto its device and start the engine thread."""
+        """Start an engine thread, load the configured model in it, return once it is ready."""
+        return cls(config)
+
+    def _load(self) -> None:
+        config = self.config
         source = resolve_model_source(config.model)
         device = pick_device(config.device)
         dtype = pick_dtype(device, config.dtype)
         started = time.perf_counter()
-        tokenizer = load_tokenizer(source, allow_download=config.allow_download)
-        model = load_model(source, dtype=dtype, allow_download=config.allow_download)
-        runner = ModelRunner(model, device)
+        self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
+        self.runner = ModelRunner(load_model(source, dtype=dtype, allow_download=config.allow_download), device)
+        self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         logger.info(
             "loaded %s on %s in %s in %.1f s",
             source.gguf_file or source.path, device, dtype, time.perf_counter() - started,
         )
-        return cls(runner, tokenizer, config)
 
     @property
     def context_length(self) -> int:
@@ -154,6 +165,16 @@ class Engine:
             )
 
     # The engine thread.
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as error:  # handed to the thread that asked for the engine
+            self._load_error = error
+            return
+        finally:
+            self._loaded.set()
+        self._loop()
+
     def _loop(self) -> None:
         while True:
             with self._lock:
@@ -216,19 +237,42 @@ class Engine:
                 )
 
     def _accept_all(self, requests: list[Request], logits: torch.Tensor) -> list[Request]:
-        """Sample one token for each request from its row of `logits`; return those now done."""
-        return [request for row, request in enumerate(requests) if self._accept(request, logits[row])]
+        """Sample one token for each request from its row of `logits`; return those now done.
+        Plain greedy rows are decided together in one argmax over the batch."""
+        plain = [_plain_greedy(request) for request in requests]
+        greedy_tokens = [None] * len(requests)
+        if any(plain):
+            rows = [row for row, is_plain in enumerate(plain) if is_plain]
+            tokens = greedy_batch(
+                logits[rows] if len(rows) < len(requests) else logits,
+                [not self._may_end(requests[row]) for row in rows],
+                self.eos_token_ids,
+            )
+            for row, token in zip(rows, tokens):
+                greedy_tokens[row] = token
+        return [
+            request
+            for row, request in enumerate(requests)
+            if self._accept(request, logits[row], greedy_tokens[row])
+        ]
 
-    def _accept(self, request: Request, logits: torch.Tensor) -> bool:
+    @staticmethod
+    def _may_end(request: Request) -> bool:
+        return not request.params.ignore_eos and len(request.output_ids) >= request.params.min_tokens
+
+    def _accept(self, request: Request, logits: torch.Tensor, greedy_token: int | None) -> bool:
         params, state = request.params, self._states[request.id]
-        may_end = not params.ignore_eos and len(request.output_ids) >= params.min_tokens
-        token, logprob = sample(
-            logits,
-            params,
-            state.generator,
-            seen_tokens=request.prompt_ids + request.output_ids if params.repetition_penalty != 1.0 else (),
-            banned_tokens=frozenset() if may_end else self.eos_token_ids,
-        )
+        may_end = self._may_end(request)
+        if greedy_token is not None:
+            token, logprob = greedy_token, 0.0  # only best-of-n candidates need log-probabilities
+        else:
+            token, logprob = sample(
+                logits,
+                params,
+                state.generator,
+                seen_tokens=request.prompt_ids + request.output_ids if params.repetition_penalty != 1.0 else (),
+                banned_tokens=frozenset() if may_end else self.eos_token_ids,
+            )
         now = time.time()
         if token in self.eos_token_ids and may_end:
             return self._finish_text(request, state, "eos")
@@ -304,6 +348,11 @@ class Engine:
             parent.emit(TokenEvent(text=text, index=0))
         status = best.status if ranked is not candidates else candidates[0].status
         parent.finish(status, best.finish_reason or "")
+
+
+def _plain_greedy(request: Request) -> bool:
+    """Greedy with nothing that needs the row on its own: no penalty, not a best-of candidate."""
+    return request.params.greedy and request.params.repetition_penalty == 1.0 and request.parent is None
 
 
 def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:

@@ -58,6 +58,7 @@ class ModelRunner:
         self._lengths: list[int] = []  # real (unpadded) tokens in each row
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 real token, 0 left padding
+        self._padded = False  # whether any row has padding; without, the model needs no mask
 
     @property
     def padded_tokens(self) -> int:
@@ -96,7 +97,7 @@ class ModelRunner:
         self._mask = torch.cat([self._mask, ones], dim=1)
         output = self.model(
             input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),  # [rows, 1]
-            attention_mask=self._mask,
+            attention_mask=self._mask if self._padded else None,
             position_ids=torch.tensor(self._lengths, device=self.device).unsqueeze(1),
             cache=self._cache,
             use_cache=True,
@@ -112,13 +113,14 @@ class ModelRunner:
         self.rows = [self.rows[row] for row in keep]
         self._lengths = [self._lengths[row] for row in keep]
         if not keep:
-            self._cache, self._mask = None, None
+            self._cache, self._mask, self._padded = None, None, False
             return
         index = torch.tensor(keep, device=self.device)
         self._mask = self._mask.index_select(0, index)
         # Columns that are padding in every remaining row hold nothing: cut them off.
         first_used = int(self._mask.any(dim=0).nonzero()[0])
         self._mask = self._mask[:, first_used:]
+        self._padded = not bool(self._mask.all())
         for layer in self._cache.layers:
             layer.keys = layer.keys.index_select(0, index)[:, :, first_used:]
             layer.values = layer.values.index_select(0, index)[:, :, first_used:]
@@ -128,12 +130,14 @@ class ModelRunner:
         shorter of the two so that every row ends in the same column."""
         if self._cache is None:
             self._cache, self._mask = cache, mask
+            self._padded = not bool(mask.all())
             return
         width = max(self._mask.shape[1], mask.shape[1])
         self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
         for old, new in zip(self._cache.layers, cache.layers):
             old.keys = torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)])
             old.values = torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)])
+        self._padded = not bool(self._mask.all())
 
 
 def _pad_left(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:

@@ -1,0 +1,170 @@
+"""`make bench`: the engine against plain `model.generate`, on the default model.
+
+Prints a table and writes bench/results/<name>.json (default name: engine). Every request
+generates exactly NEW_TOKENS tokens (ignore_eos / min_new_tokens) so runs compare.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import multiprocessing
+import os
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.prompts import question
+from inference import Engine, EngineConfig, FinishEvent, SamplingParams
+from inference.loading import load_model, load_tokenizer, resolve_model_source
+from inference.prompts import build_prompt_ids
+from inference.runner import pick_device, pick_dtype
+
+RESULTS = Path(__file__).parent / "results"
+NEW_TOKENS = 64
+CONCURRENCY = (1, 8, 32)
+NAIVE_REQUESTS = 4
+
+
+def prompt_ids(engine: Engine, n: int) -> list[int]:
+    return build_prompt_ids(
+        engine.tokenizer, [{"role": "user", "content": question(n)}], context_length=engine.context_length, reserve_tokens=NEW_TOKENS
+    )
+
+
+def greedy(tokens: int = NEW_TOKENS) -> SamplingParams:
+    return SamplingParams(temperature=0, max_new_tokens=tokens, ignore_eos=True)
+
+
+def finish_of(request) -> FinishEvent:
+    for event in request.events(timeout=600):
+        if isinstance(event, FinishEvent):
+            return event
+    raise RuntimeError("no finish")
+
+
+def naive() -> float:
+    """(a) the same requests one at a time through plain model.generate, in a process of its
+    own whose main thread does all the torch work (its best case)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_naive_in_this_process)
+
+
+def _naive_in_this_process() -> float:
+    source = resolve_model_source("")
+    tokenizer = load_tokenizer(source)
+    model = load_model(source, dtype=pick_dtype(pick_device("auto")))
+
+    def ids(n: int) -> torch.Tensor:
+        return torch.tensor([build_prompt_ids(tokenizer, [{"role": "user", "content": question(n)}], context_length=8192, reserve_tokens=NEW_TOKENS)])
+
+    tokens, elapsed = 0, 0.0
+    with torch.inference_mode():
+        model.generate(ids(0), max_new_tokens=4, do_sample=False)  # warm-up
+        for n in range(NAIVE_REQUESTS):
+            prompt = ids(n)
+            started = time.perf_counter()
+            out = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
+            elapsed += time.perf_counter() - started
+            tokens += out.shape[1] - prompt.shape[1]
+    return tokens / elapsed
+
+
+def concurrent(engine: Engine, n: int, *, offset: int = 0) -> dict:
+    """(b) n requests submitted together; aggregate tokens/s and time to first token."""
+    started = time.time()
+    requests = [engine.submit(prompt_ids(engine, offset + i), greedy(), arrival_time=started) for i in range(n)]
+    finishes = [finish_of(request) for request in requests]
+    elapsed = time.time() - started
+    ttfts = sorted(f.usage.ttft_s for f in finishes)
+    tokens = sum(f.usage.completion_tokens for f in finishes)
+    return {
+        "tok_s": tokens / elapsed,
+        "ttft_p50_s": statistics.median(ttfts),
+        "ttft_p95_s": ttfts[min(len(ttfts) - 1, round(0.95 * (len(ttfts) - 1)))],
+    }
+
+
+def priority(engine: Engine) -> dict:
+    """(c) a Plus request's time to first token with 64 Free requests queued, against idle."""
+    plus_ids = prompt_ids(engine, 5)
+    idle = [finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s for _ in range(3)]
+    free = [engine.submit(prompt_ids(engine, i), greedy(NEW_TOKENS), priority=0) for i in range(64)]
+    while sum(1 for r in free if r.output_ids) < engine.config.max_running // 2:  # the batch is decoding
+        time.sleep(0.01)
+    loaded = []
+    for _ in range(3):
+        loaded.append(finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s)
+        time.sleep(0.2)
+    for request in free:
+        request.cancel()
+    for request in free:
+        finish_of(request)
+    return {"plus_ttft_s": statistics.median(loaded), "idle_ttft_s": statistics.median(idle), "free_waiting": 64}
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory(engine: Engine) -> dict:
+    """(e) resident memory after 100 and after 1,000 requests (32 at a time, 16 tokens each)."""
+    marks, done = {}, 0
+    while done < 1000:
+        batch = [engine.submit(prompt_ids(engine, done + i), greedy(16)) for i in range(min(32, 1000 - done))]
+        for request in batch:
+            finish_of(request)
+        done += len(batch)
+        if done >= 100 and "100" not in marks:
+            marks["100"] = rss_mb()
+    marks["1000"] = rss_mb()
+    return marks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default="engine")
+    parser.add_argument("--skip-http", action="store_true", help="leave out (d), the HTTP end-to-end part")
+    args = parser.parse_args()
+
+    result: dict = {"new_tokens": NEW_TOKENS}
+    result["naive_tok_s"] = naive()
+    print(f"(a) naive model.generate: {result['naive_tok_s']:.1f} tok/s")
+    engine = Engine.load(EngineConfig(max_running=32))
+    print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}")
+    concurrent(engine, 2)  # warm-up
+    result["engine"] = {}
+    for n in CONCURRENCY:
+        row = concurrent(engine, n)
+        row["speedup_vs_naive"] = row["tok_s"] / result["naive_tok_s"]
+        result["engine"][str(n)] = row
+        print(f"(b) engine x{n:>2}: {row['tok_s']:7.1f} tok/s  ttft p50 {row['ttft_p50_s']:.3f} s  p95 {row['ttft_p95_s']:.3f} s  {row['speedup_vs_naive']:.1f}x naive")
+    result["priority"] = priority(engine)
+    p = result["priority"]
+    print(f"(c) plus ttft with 64 free waiting: {p['plus_ttft_s']:.3f} s; idle: {p['idle_ttft_s']:.3f} s ({p['plus_ttft_s'] / p['idle_ttft_s']:.2f}x)")
+    if not args.skip_http:
+        from bench.http import http_bench
+
+        result["http"] = http_bench(result["engine"])
+    result["rss_mb"] = memory(engine)
+    r = result["rss_mb"]
+    print(f"(e) rss after 100 requests {r['100']:.0f} MB, after 1000 {r['1000']:.0f} MB ({(r['1000'] / r['100'] - 1) * 100:+.1f} %)")
+    engine.shutdown()
+    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; torch {torch.__version__}; {engine.runner.dtype}"
+    result["date"] = datetime.date.today().isoformat()
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{args.name}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
