@@ -12,10 +12,11 @@ class Plan:
     max_output_tokens: int  # longest answer the model may write
     queue: str  # Celery queue the generation goes to
     priority: int  # engine priority; higher is admitted first
+    max_choices: int  # most answers one request may ask for: API `n` and `best_of`
 
 
-FREE = Plan(code="free", name="Free", max_input_chars=4000, max_output_tokens=512, queue="free", priority=0)
-PLUS = Plan(code="plus", name="Plus", max_input_chars=32000, max_output_tokens=2048, queue="plus", priority=10)
+FREE = Plan(code="free", name="Free", max_input_chars=4000, max_output_tokens=512, queue="free", priority=0, max_choices=1)
+PLUS = Plan(code="plus", name="Plus", max_input_chars=32000, max_output_tokens=2048, queue="plus", priority=10, max_choices=4)
 
 
 def plan_for_user(user) -> Plan:

@@ -41,19 +41,17 @@ def reply_generate(*, message_id: int) -> None:
 def _generate(reply: Message) -> None:
     engine = engine_get(EngineConfig(**settings.INFERENCE_ENGINE))
     plan = plan_for_user(reply.conversation.owner)
+    params = _sampling_params(reply, plan)
     try:
         prompt_ids = build_prompt_ids(
             engine.tokenizer,
             _chat_messages(reply),
             context_length=engine.context_length,
-            reserve_tokens=min(plan.max_output_tokens, engine.context_length // 2),
+            reserve_tokens=min(params.max_new_tokens, engine.context_length // 2),
         )
     except PromptTooLong as error:
         _fail(reply, str(error).capitalize() + ".")
         return
-    params = SamplingParams(
-        max_new_tokens=plan.max_output_tokens, temperature=settings.CHAT_TEMPERATURE, top_p=settings.CHAT_TOP_P
-    )
     request = engine.submit(
         prompt_ids, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
     )
@@ -84,15 +82,25 @@ def _generate(reply: Message) -> None:
             Message.objects.filter(id=reply.id).update(content="".join(pieces), updated_at=timezone.now())
 
 
+def _sampling_params(reply: Message, plan) -> SamplingParams:
+    """The chat's defaults, overridden by what an API call asked for, capped by the plan."""
+    requested = dict(reply.sampling)
+    requested["stop"] = tuple(requested.get("stop", ()))
+    requested["max_new_tokens"] = min(requested.get("max_new_tokens", plan.max_output_tokens), plan.max_output_tokens)
+    return SamplingParams(**{"temperature": settings.CHAT_TEMPERATURE, "top_p": settings.CHAT_TOP_P, **requested})
+
+
 def _chat_messages(reply: Message) -> list[dict[str, str]]:
-    """The branch above `reply`, as the chat template wants it; failed and empty turns left out."""
+    """The branch above `reply`, as the chat template wants it; failed and empty turns left out.
+    CHAT_SYSTEM_PROMPT goes first unless the branch brings its own system message."""
     branch = conversation_branch(conversation=reply.conversation, leaf_id=reply.parent_id)
-    messages = [{"role": "system", "content": settings.CHAT_SYSTEM_PROMPT}] if settings.CHAT_SYSTEM_PROMPT else []
-    messages += [
+    messages = [
         {"role": message.role, "content": message.content}
         for message in branch
         if message.content and message.status != Message.Status.FAILED
     ]
+    if settings.CHAT_SYSTEM_PROMPT and not (messages and messages[0]["role"] == "system"):
+        messages.insert(0, {"role": "system", "content": settings.CHAT_SYSTEM_PROMPT})
     return messages
 
 

@@ -6,8 +6,13 @@ from django.db import models
 
 
 class Conversation(models.Model):
+    class Source(models.TextChoices):
+        CHAT = "chat"
+        API = "api"  # one per /v1/chat/completions call; not listed on the chat page
+
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.CHAT)
     # The last message of the branch the user sees; new messages continue it.
     current = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -44,6 +49,8 @@ class Message(models.Model):
     content = models.TextField(blank=True, default="")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.DONE)
     error = models.CharField(max_length=500, blank=True, default="")  # why a reply failed, for the user
+    # Sampling asked for by an API call (SamplingParams field names); empty: the chat defaults.
+    sampling = models.JSONField(default=dict, blank=True)
     finish_reason = models.CharField(max_length=40, blank=True, default="")  # eos, length, stop, ...
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

@@ -12,7 +12,9 @@ def conversation_get(*, user, conversation_id: int) -> Conversation:
 
 
 def conversation_list(*, user, limit: int = 100) -> list[Conversation]:
-    return list(Conversation.objects.filter(owner=user).order_by("-updated_at")[:limit])
+    return list(
+        Conversation.objects.filter(owner=user, source=Conversation.Source.CHAT).order_by("-updated_at")[:limit]
+    )
 
 
 def conversation_branch(*, conversation: Conversation, leaf_id: int | None = None) -> list[Message]:

@@ -38,6 +38,30 @@ def message_send(*, user, conversation_id: int | None, content: str) -> tuple[Me
     return user_message, reply
 
 
+@transaction.atomic
+def api_completion_create(*, user, messages: list[dict[str, str]], sampling: dict, n: int = 1) -> list[Message]:
+    """Save an API call's messages as a conversation of their own (not listed in the chat) and
+    `n` pending replies to them, siblings, each carrying the call's sampling parameters."""
+    first_user = next((m["content"] for m in messages if m["role"] == "user"), "API request")
+    conversation = Conversation.objects.create(owner=user, title=_title_from(first_user) or "API request",
+                                               source=Conversation.Source.API)
+    parent = None
+    for message in messages:
+        parent = Message.objects.create(
+            conversation=conversation, parent=parent, role=message["role"], content=message["content"]
+        )
+    replies = [
+        Message.objects.create(
+            conversation=conversation, parent=parent, role=Message.Role.ASSISTANT,
+            status=Message.Status.PENDING, sampling=sampling,
+        )
+        for _ in range(n)
+    ]
+    conversation.current = replies[0]
+    conversation.save(update_fields=["current", "updated_at"])
+    return replies
+
+
 def reply_enqueue(*, reply: Message, user) -> None:
     """Queue `reply` for generation on the user's plan's queue, once the transaction commits."""
     plan = plan_for_user(user)

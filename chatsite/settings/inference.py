@@ -1,4 +1,6 @@
 """The model and how replies are generated; the worker builds its Engine from these."""
+import os
+
 from chatsite.settings.env import env_bool, env_float, env_int, env_str
 
 INFERENCE_ENGINE = {
@@ -9,6 +11,10 @@ INFERENCE_ENGINE = {
     "max_kv_tokens": env_int("CHAT_MAX_KV_TOKENS", 65536),  # KV-cache tokens the batch may hold
     "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
 }
+# The id /v1/models lists and /v1/chat/completions accepts.
+CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (
+    os.path.basename(INFERENCE_ENGINE["model"].rstrip("/")) if INFERENCE_ENGINE["model"] else "SmolLM2-135M-Instruct"
+)
 CHAT_TEMPERATURE = env_float("CHAT_TEMPERATURE", 0.0)  # 0 = greedy: SmolLM2-135M is too unsure to sample well
 CHAT_TOP_P = env_float("CHAT_TOP_P", 0.9)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT")  # empty: the model's own default

@@ -34,7 +34,9 @@ def browser_type_launch_args(browser_type_launch_args):
 def start_embedded_server(data_dir, **env_overrides) -> Daphne:
     env = server_env(CHATSITE_DATA_DIR=str(data_dir), **env_overrides)
     manage(env, "migrate", "--noinput")
-    return Daphne(env, data_dir)
+    server = Daphne(env, data_dir)
+    server.database = data_dir / "db.sqlite3"
+    return server
 
 
 @pytest.fixture(scope="session")

@@ -117,21 +117,44 @@ def celery_worker(env: dict[str, str], log_dir: Path) -> Process:
     return worker
 
 
-def sign_up(base_url: str, username: str) -> str:
-    """Sign up through the real form; return the Cookie header of the logged-in session."""
-    jar = http.cookiejar.CookieJar()
-    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
-    page = opener.open(base_url + "/accounts/signup/").read().decode()
-    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
-    form = {"csrfmiddlewaretoken": token, "username": username, "password1": PASSWORD, "password2": PASSWORD}
-    request = urllib.request.Request(
-        base_url + "/accounts/signup/",
-        data=urllib.parse.urlencode(form).encode(),
-        headers={"Referer": base_url + "/accounts/signup/"},
-    )
-    final = opener.open(request)
+class Browserless:
+    """A logged-in HTTP session over urllib: cookies kept, forms posted with their CSRF token."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    @property
+    def cookie(self) -> str:
+        return "; ".join(f"{cookie.name}={cookie.value}" for cookie in self.jar)
+
+    def get(self, path: str) -> str:
+        return self.opener.open(self.base_url + path).read().decode()
+
+    def submit(self, path: str, fields: dict[str, str], action: str | None = None):
+        """Fill in the form on `path` (its CSRF token included) and post it to `action`."""
+        page = self.get(path)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        request = urllib.request.Request(
+            self.base_url + (action or path),
+            data=urllib.parse.urlencode({"csrfmiddlewaretoken": token, **fields}).encode(),
+            headers={"Referer": self.base_url + path},
+        )
+        return self.opener.open(request)
+
+
+def sign_up(base_url: str, username: str) -> Browserless:
+    """Sign up through the real form; return the logged-in session."""
+    session = Browserless(base_url)
+    final = session.submit("/accounts/signup/", {"username": username, "password1": PASSWORD, "password2": PASSWORD})
     assert final.url.endswith("/chat/"), f"sign-up did not reach the chat page but {final.url}"
-    return "; ".join(f"{cookie.name}={cookie.value}" for cookie in jar)
+    return session
+
+
+def create_api_key(session: Browserless, name: str = "tests") -> str:
+    page = session.submit("/account/api-keys/", {"name": name}).read().decode()
+    return re.search(r'<code id="new-key">([^<]+)</code>', page).group(1)
 
 
 def get_page(base_url: str, path: str, cookie: str) -> str:

@@ -63,7 +63,7 @@ def message_row(database_url, message_id):
 
 def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(distributed):
     server, worker, database_url = distributed
-    cookie = sign_up(server.url, "distributed-user")
+    cookie = sign_up(server.url, "distributed-user").cookie
     frames = chat(server.url, cookie, "Hello over Redis")
     created, tokens, done = frames[0], frames[1:-1], frames[-1]
     assert tokens and done["type"] == "done" and done["status"] == "done"
@@ -77,7 +77,7 @@ def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(d
 
 def test_stop_reaches_the_worker_process(distributed):
     server, _, database_url = distributed
-    cookie = sign_up(server.url, "distributed-stopper")
+    cookie = sign_up(server.url, "distributed-stopper").cookie
     frames = chat(server.url, cookie, "Tell me a long story", stop_after_first_token=True)
     done = frames[-1]
     assert done["type"] == "done" and done["status"] == "stopped"

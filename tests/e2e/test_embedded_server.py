@@ -6,7 +6,7 @@ from tests.e2e.servers import chat, get_page, sign_up
 
 
 def test_sign_up_chat_and_find_the_answer_saved(embedded_server):
-    cookie = sign_up(embedded_server.url, "embedded-user")
+    cookie = sign_up(embedded_server.url, "embedded-user").cookie
     frames = chat(embedded_server.url, cookie, "Hello from a real socket")
     created, tokens, done = frames[0], frames[1:-1], frames[-1]
     assert created["type"] == "message.created"
