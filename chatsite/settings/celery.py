@@ -12,9 +12,12 @@ CELERY_TASK_DEFAULT_QUEUE = CHAT_QUEUE_FREE
 CELERY_TASK_CREATE_MISSING_QUEUES = True
 
 # One Engine per worker process serves every task, so tasks run as threads of one process.
-# Prefetch 1 with late acks: a worker holds no more messages than it has free threads.
+# Priority is the engine's job: it admits Plus first and preempts Free for it. For that to
+# hold, a Plus task must reach the engine while Free tasks wait in it, so a worker has more
+# task threads than the engine has batch slots (twice CHAT_MAX_RUNNING), and prefetches no
+# more messages than it has free threads (prefetch 1, late acks).
 CELERY_WORKER_POOL = "threads"
-CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 16)
+CELERY_WORKER_CONCURRENCY = env_int("CELERY_WORKER_CONCURRENCY", 2 * env_int("CHAT_MAX_RUNNING", 32))
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True

@@ -1,7 +1,6 @@
 """The /ws/chat/ protocol against the real ASGI app, with the embedded Celery worker running
 the real task on the tiny model."""
 import asyncio
-import time
 
 import pytest
 from channels.testing import WebsocketCommunicator
@@ -9,8 +8,6 @@ from django.test import Client
 
 from chatsite.asgi import application
 from chatsite.models import Conversation, Message
-from inference import Engine
-from inference.worker import engine_set
 from tests.chatsite.factories import conversation_with_reply
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -41,23 +38,6 @@ async def until_end(communicator):
     while not frames or frames[-1]["type"] not in ("done", "error"):
         frames.append(await communicator.receive_json_from(timeout=TIMEOUT))
     return frames
-
-
-@pytest.fixture
-def slow_engine(tiny_engine_config):
-    """The tiny model slowed to 20 ms a token, so a stop lands mid-answer."""
-    engine = Engine.load(tiny_engine_config)
-    decode = engine.runner.decode
-
-    def slow_decode(*args, **kwargs):
-        time.sleep(0.02)
-        return decode(*args, **kwargs)
-
-    engine.runner.decode = slow_decode
-    engine_set(engine)
-    yield engine
-    engine_set(None)
-    engine.shutdown()
 
 
 async def test_an_anonymous_socket_gets_an_error_and_is_closed():

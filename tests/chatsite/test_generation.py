@@ -61,3 +61,12 @@ def test_a_conversation_too_long_for_the_model_fails_with_a_clear_error(make_use
     reply.refresh_from_db()
     assert reply.status == "failed"
     assert "too long" in reply.error
+
+
+def test_a_reply_running_past_the_timeout_is_stopped_keeping_its_text(make_user, slow_engine, settings):
+    settings.CHAT_GENERATION_TIMEOUT_S = 0.3
+    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert (reply.status, reply.finish_reason) == ("stopped", "timeout")
+    assert reply.content and 0 < reply.completion_tokens < 100  # 20 ms a token, 512 allowed
