@@ -15,6 +15,7 @@ import torch
 
 from inference.detokenize import IncrementalDetokenizer
 from inference.loading import load_model, load_tokenizer, resolve_model_source
+from inference.prompts import shared_prefix_ids
 from inference.requests import Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
@@ -34,6 +35,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32; auto = bf16 where the device has it
     max_running: int = 32  # sequences in the batch; more wait in priority order
     max_kv_tokens: int = 65536  # tokens the running sequences may hold in KV cache together
+    prefix_cache: bool = True  # reuse the KV of the chat template's shared opening
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
 
     def __post_init__(self) -> None:
@@ -102,6 +104,8 @@ class Engine:
         self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
         self.runner = ModelRunner(load_model(source, dtype=dtype, allow_download=config.allow_download), device)
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
+        if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
+            self.runner.set_shared_prefix(prefix)
         logger.info(
             "loaded %s on %s in %s in %.1f s",
             source.gguf_file or source.path, device, dtype, time.perf_counter() - started,

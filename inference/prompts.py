@@ -33,3 +33,14 @@ def _encode(tokenizer, messages: list[dict[str, str]]) -> list[int]:
     if hasattr(encoded, "keys"):  # transformers 5 returns a BatchEncoding
         encoded = encoded["input_ids"]
     return list(encoded)
+
+
+def shared_prefix_ids(tokenizer) -> list[int]:
+    """The tokens every chat prompt of this template begins with when it has no system message
+    of its own: the template's default system part and the first user header."""
+    first = _encode(tokenizer, [{"role": "user", "content": "Hello"}])
+    second = _encode(tokenizer, [{"role": "user", "content": "Goodbye, and thanks"}])
+    length = 0
+    while length < min(len(first), len(second)) and first[length] == second[length]:
+        length += 1
+    return first[:length]

@@ -59,6 +59,8 @@ class ModelRunner:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 real token, 0 left padding
         self._padded = False  # whether any row has padding; without, the model needs no mask
+        self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
 
     @property
     def padded_tokens(self) -> int:
@@ -66,17 +68,45 @@ class ModelRunner:
         return 0 if self._mask is None else self._mask.numel()
 
     @torch.inference_mode()
-    def add(self, sequences: dict[int, list[int]]) -> torch.Tensor:
-        """Prefill `sequences` (request id → its tokens so far) in one padded forward pass, add
-        them as rows, and return their next-token logits [len(sequences), vocab] in that order."""
-        width = max(len(tokens) for tokens in sequences.values())
-        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
-        mask = torch.zeros((len(sequences), width), dtype=torch.long)
-        for row, tokens in enumerate(sequences.values()):
-            input_ids[row, width - len(tokens) :] = torch.tensor(tokens)
-            mask[row, width - len(tokens) :] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    def set_shared_prefix(self, token_ids: list[int]) -> None:
+        """Compute once the KV of tokens most prompts begin with (the chat template's system
+        part); prompts that begin with them skip that part of their prefill."""
         cache = DynamicCache()
+        self.model(input_ids=torch.tensor([token_ids], device=self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        self._prefix = list(token_ids)
+        self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+
+    @torch.inference_mode()
+    def add(self, sequences: dict[int, list[int]]) -> torch.Tensor:
+        """Prefill `sequences` (request id → its tokens so far), add them as rows, and return
+        their next-token logits [len(sequences), vocab] in that order."""
+        prefix = len(self._prefix)
+        shared = {i: t for i, t in sequences.items() if prefix and len(t) > prefix and t[:prefix] == self._prefix}
+        own = {i: t for i, t in sequences.items() if i not in shared}
+        logits = {}
+        for group, skip in ((shared, prefix), (own, 0)):
+            if group:
+                logits.update(zip(group, self._prefill(group, skip)))
+        return torch.stack([logits[request_id] for request_id in sequences])
+
+    def _prefill(self, sequences: dict[int, list[int]], skip: int) -> torch.Tensor:
+        """One padded forward pass over the tokens after the first `skip` (the shared prefix,
+        whose KV is reused). Rows are laid out [prefix][left padding][rest]."""
+        width = max(len(tokens) - skip for tokens in sequences.values())
+        input_ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        mask = torch.zeros((len(sequences), skip + width), dtype=torch.long)
+        mask[:, :skip] = 1
+        for row, tokens in enumerate(sequences.values()):
+            rest = tokens[skip:]
+            input_ids[row, width - len(rest) :] = torch.tensor(rest)
+            mask[row, skip + width - len(rest) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        cache = DynamicCache()
+        if skip:
+            cache = DynamicCache(
+                ddp_cache_data=[(k.expand(len(sequences), -1, -1, -1), v.expand(len(sequences), -1, -1, -1))
+                                for k, v in self._prefix_kv]
+            )
         output = self.model(
             input_ids=input_ids.to(self.device),
             attention_mask=mask.to(self.device),

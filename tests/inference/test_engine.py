@@ -190,3 +190,18 @@ def test_cancelling_a_best_of_request_stops_every_candidate(engine):
     _, _, finish = run(request)
     assert finish.status is RequestStatus.STOPPED
     assert all(c.status is RequestStatus.STOPPED for c in request.candidates)
+
+
+def test_the_shared_prefix_cache_changes_no_answer(tiny_engine_config):
+    cached = Engine.load(tiny_engine_config)
+    plain = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", prefix_cache=False))
+    try:
+        assert cached.runner._prefix and not plain.runner._prefix
+        greedy = SamplingParams(temperature=0, max_new_tokens=24)
+        texts = ("one", "a longer question about many things", "three")
+        with_cache = [cached.submit(prompt(cached, text), greedy) for text in texts]  # prefilled together
+        without = [run(plain.submit(prompt(plain, text), greedy))[0] for text in texts]
+        assert [run(request)[0] for request in with_cache] == without
+    finally:
+        cached.shutdown()
+        plain.shutdown()
