@@ -24,6 +24,7 @@ from inference.scheduler import Scheduler
 logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking again
+RELEASE_EVERY_S = 10.0  # while busy, how often freed KV memory is handed back to the system
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,8 @@ class Engine:
         self._lock = threading.Condition()
         self._shutting_down = False
         self._loaded = threading.Event()
+        self._freed_since_release = False
+        self._last_release = time.monotonic()
         self._load_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
         self._thread.start()
@@ -188,9 +191,18 @@ class Engine:
                     for request in everything:
                         self._end(request, RequestStatus.STOPPED, "shutdown")
                     return
-                if not self._scheduler.has_work():
+                idle = not self._scheduler.has_work()
+                if idle and not self._freed_since_release:
                     self._lock.wait(IDLE_WAIT_S)
                     continue
+            # Freed KV memory goes back to the system when the engine falls idle, and every
+            # RELEASE_EVERY_S while it stays busy.
+            overdue = time.monotonic() - self._last_release > RELEASE_EVERY_S
+            if self._freed_since_release and (idle or overdue):
+                self.runner.release_free_memory()
+                self._freed_since_release = False
+                self._last_release = time.monotonic()
+                continue
             try:
                 self.step()
             except Exception:  # a bug here must fail the requests, not hang their callers
@@ -206,19 +218,21 @@ class Engine:
         with self._lock:
             cancelled = self._scheduler.take_cancelled()
             schedule = self._scheduler.schedule()
-        self.runner.remove({request.id for request in cancelled + schedule.preempted})
         for request in cancelled:
             self._end(request, RequestStatus.STOPPED, request.cancel_reason)
         self.stats.preemptions += len(schedule.preempted)
 
         finished: list[Request] = []
         if schedule.admitted:
+            # Newcomers first: their first tokens go out before any batch bookkeeping.
             self._admit(schedule.admitted)
-            logits = self.runner.add({r.id: r.prompt_ids + r.output_ids for r in schedule.admitted})
+            logits = self.runner.prefill({r.id: r.prompt_ids + r.output_ids for r in schedule.admitted})
             finished += self._accept_all(schedule.admitted, logits)
             # Prefill time is shared by prompt length: a long prompt costs more than a short one.
             self._charge(schedule.admitted, time.perf_counter() - started, weights=[r.num_tokens for r in schedule.admitted])
             started = time.perf_counter()
+        self.runner.remove({request.id for request in cancelled + schedule.preempted})
+        self.runner.commit()
         self._retire(finished)
 
         by_id = {request.id: request for request in self._scheduler.running}
@@ -318,6 +332,7 @@ class Engine:
         if not finished:
             return
         self.runner.remove({request.id for request in finished})
+        self._freed_since_release = True
         with self._lock:
             for request in finished:
                 self._scheduler.retire(request)

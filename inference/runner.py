@@ -2,11 +2,14 @@
 runs forward passes over it.
 
 The running batch is one left-padded KV cache, a row per request. A request joins by a
-prefill of its own tokens whose KV is padded and stacked onto the batch; it leaves by
+prefill of its own tokens whose KV is padded and stacked onto the batch (`prefill`, then
+`commit`); it leaves by
 dropping its row. Every decode step is one forward pass of [batch, 1] tokens.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 from pathlib import Path
 
 import torch
@@ -46,6 +49,17 @@ def _cpu_supports_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _libc_malloc_trim():
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
 class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
@@ -61,6 +75,7 @@ class ModelRunner:
         self._padded = False  # whether any row has padding; without, the model needs no mask
         self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
+        self._pending: list = []  # prefilled, not yet stacked: (cache, mask, request ids, lengths)
 
     @property
     def padded_tokens(self) -> int:
@@ -77,9 +92,10 @@ class ModelRunner:
         self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.inference_mode()
-    def add(self, sequences: dict[int, list[int]]) -> torch.Tensor:
-        """Prefill `sequences` (request id → its tokens so far), add them as rows, and return
-        their next-token logits [len(sequences), vocab] in that order."""
+    def prefill(self, sequences: dict[int, list[int]]) -> torch.Tensor:
+        """Prefill `sequences` (request id → its tokens so far) and return their next-token
+        logits [len(sequences), vocab] in that order. They join the batch at `commit()`, so a
+        first token can be sent before the batch's KV is copied to make room for it."""
         prefix = len(self._prefix)
         shared = {i: t for i, t in sequences.items() if prefix and len(t) > prefix and t[:prefix] == self._prefix}
         own = {i: t for i, t in sequences.items() if i not in shared}
@@ -115,10 +131,16 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        self._stack(cache, mask.to(self.device))
-        self.rows += list(sequences)
-        self._lengths += [len(tokens) for tokens in sequences.values()]
+        self._pending.append((cache, mask.to(self.device), list(sequences), [len(t) for t in sequences.values()]))
         return output.logits[:, -1]
+
+    def commit(self) -> None:
+        """Stack the KV of everything prefilled since the last commit onto the batch."""
+        for cache, mask, request_ids, lengths in self._pending:
+            self._stack(cache, mask)
+            self.rows += request_ids
+            self._lengths += lengths
+        self._pending = []
 
     @torch.inference_mode()
     def decode(self, tokens: list[int]) -> torch.Tensor:
@@ -134,6 +156,15 @@ class ModelRunner:
         )
         self._lengths = [length + 1 for length in self._lengths]
         return output.logits[:, -1]
+
+    def release_free_memory(self) -> None:
+        """Hand memory freed by finished requests back to the system. glibc keeps freed KV
+        blocks of many shapes in its arenas: resident memory grew 779 → 930 MB over 2,000
+        requests without this and stayed at 700 MB with it (/tmp/mem.py in the Engine issue's note)."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif _malloc_trim is not None:
+            _malloc_trim(0)
 
     def remove(self, request_ids: set[int]) -> None:
         """Drop these requests' rows and free their KV memory."""
