@@ -3,8 +3,8 @@ runs forward passes over it.
 
 The running batch is one left-padded KV cache, a row per request. A request joins by a
 prefill of its own tokens whose KV is padded and stacked onto the batch (`prefill`, then
-`commit`); it leaves by
-dropping its row. Every decode step is one forward pass of [batch, 1] tokens.
+`commit`); it leaves by dropping its row. Every decode step is one forward pass of
+[batch, 1] tokens.
 """
 from __future__ import annotations
 
