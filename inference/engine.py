@@ -71,9 +71,9 @@ class Engine:
     """Thread-safe: `submit` and `Request.cancel` may be called from any thread.
 
     The engine's own thread loads the model and runs every forward pass. torch's CPU thread
-    pool belongs to the thread that uses it: decode measured 34 ms a step when one thread did
-    all torch work, 48 ms when another thread had used torch first (/tmp/prof4.py in the Engine
-    issue's note), so no other thread of a worker should touch torch.
+    pool belongs to the thread that uses it: a batch-1 decode step of SmolLM2 measured 34 ms
+    when one thread did all torch work and 48 ms when another thread had used torch first, so
+    no other thread of a worker should touch torch.
     """
 
     def __init__(self, config: EngineConfig = EngineConfig()) -> None:

@@ -159,8 +159,8 @@ class ModelRunner:
 
     def release_free_memory(self) -> None:
         """Hand memory freed by finished requests back to the system. glibc keeps freed KV
-        blocks of many shapes in its arenas: resident memory grew 779 → 930 MB over 2,000
-        requests without this and stayed at 700 MB with it (/tmp/mem.py in the Engine issue's note)."""
+        blocks of many shapes in its arenas: over 2,000 requests (32 at a time, 16 tokens each)
+        resident memory grew 779 → 930 MB without this and stayed near 700 MB with it.""""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         elif _malloc_trim is not None:
