@@ -160,7 +160,7 @@ class ModelRunner:
     def release_free_memory(self) -> None:
         """Hand memory freed by finished requests back to the system. glibc keeps freed KV
         blocks of many shapes in its arenas: over 2,000 requests (32 at a time, 16 tokens each)
-        resident memory grew 779 → 930 MB without this and stayed near 700 MB with it.""""
+        resident memory grew 779 → 930 MB without this and stayed near 700 MB with it."""
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         elif _malloc_trim is not None:
