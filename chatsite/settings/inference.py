@@ -19,5 +19,6 @@ CHAT_TEMPERATURE = env_float("CHAT_TEMPERATURE", 0.0)  # 0 = greedy: SmolLM2-135
 CHAT_TOP_P = env_float("CHAT_TOP_P", 0.9)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT")  # empty: the model's own default
 CHAT_GENERATION_TIMEOUT_S = env_float("CHAT_GENERATION_TIMEOUT_S", 300.0)  # then the reply is stopped
+CHAT_STREAM_INTERVAL_S = env_float("CHAT_STREAM_INTERVAL_S", 0.1)  # shortest gap between token frames
 CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
 CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming
