@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig
 
+from bench.http import HttpBench
 from bench.prompts import question
 from inference import Engine, EngineConfig, FinishEvent, SamplingParams
 from inference.loading import load_model, load_tokenizer, resolve_model_source
@@ -29,6 +30,8 @@ RESULTS = Path(__file__).parent / "results"
 NEW_TOKENS = 64
 CONCURRENCY = (1, 8, 32)
 NAIVE_REQUESTS = 4
+IDLE_SETTLE_S = 0.5  # for the engine to notice it is idle before memory is read
+REPEATS = 3  # this machine's speed drifts by ±15 % over minutes: medians of runs made side by side
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:
@@ -103,12 +106,12 @@ def concurrent(engine: Engine, n: int, *, offset: int = 0) -> dict:
 def priority(engine: Engine) -> dict:
     """(c) a Plus request's time to first token with 64 Free requests queued, against idle."""
     plus_ids = prompt_ids(engine, 5)
-    idle = [finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s for _ in range(3)]
+    idle = [finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s for _ in range(5)]
     free = [engine.submit(prompt_ids(engine, i), greedy(NEW_TOKENS), priority=0) for i in range(64)]
     while sum(1 for r in free if r.output_ids) < engine.config.max_running // 2:  # the batch is decoding
         time.sleep(0.01)
     loaded = []
-    for _ in range(3):
+    for _ in range(5):
         loaded.append(finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s)
         time.sleep(0.2)
     for request in free:
@@ -116,6 +119,10 @@ def priority(engine: Engine) -> dict:
     for request in free:
         finish_of(request)
     return {"plus_ttft_s": statistics.median(loaded), "idle_ttft_s": statistics.median(idle), "free_waiting": 64}
+
+
+def _median(runs: list[dict]) -> dict:
+    return dict(sorted(runs, key=lambda run: run["tok_s"])[len(runs) // 2])
 
 
 def rss_mb() -> float:
@@ -127,7 +134,8 @@ def rss_mb() -> float:
 
 
 def memory(engine: Engine) -> dict:
-    """(e) resident memory after 100 and after 1,000 requests (32 at a time, 16 tokens each)."""
+    """(e) resident memory after 100 and after 1,000 requests (32 at a time, 16 tokens each),
+    read once the engine has gone idle (it hands freed KV memory back then)."""
     marks, done = {}, 0
     while done < 1000:
         batch = [engine.submit(prompt_ids(engine, done + i), greedy(16)) for i in range(min(32, 1000 - done))]
@@ -135,7 +143,9 @@ def memory(engine: Engine) -> dict:
             finish_of(request)
         done += len(batch)
         if done >= 100 and "100" not in marks:
+            time.sleep(IDLE_SETTLE_S)
             marks["100"] = rss_mb()
+    time.sleep(IDLE_SETTLE_S)
     marks["1000"] = rss_mb()
     return marks
 
@@ -152,20 +162,29 @@ def main() -> None:
     print(f"    transformers generate_batch x32: {result['transformers_generate_batch_32_tok_s']:.1f} tok/s")
     engine = Engine.load(EngineConfig(max_running=32))
     print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}")
+    http = None if args.skip_http else HttpBench()  # its own server, idle while the engine runs
     concurrent(engine, 2)  # warm-up
-    result["engine"] = {}
+    result["engine"], result["http"] = {}, {}
     for n in CONCURRENCY:
-        row = concurrent(engine, n)
+        engine_runs, http_runs = [], []
+        for _ in range(REPEATS):  # alternated, so both see the machine in the same state
+            engine_runs.append(concurrent(engine, n))
+            if http:
+                http_runs.append(http.run(n))
+        row = _median(engine_runs)
         row["speedup_vs_naive"] = row["tok_s"] / result["naive_tok_s"]
         result["engine"][str(n)] = row
         print(f"(b) engine x{n:>2}: {row['tok_s']:7.1f} tok/s  ttft p50 {row['ttft_p50_s']:.3f} s  p95 {row['ttft_p95_s']:.3f} s  {row['speedup_vs_naive']:.1f}x naive")
+        if http:
+            http_row = _median(http_runs)
+            http_row["ratio_to_engine"] = http_row["tok_s"] / row["tok_s"]
+            result["http"][str(n)] = http_row
+            print(f"(d) http   x{n:>2}: {http_row['tok_s']:7.1f} tok/s  {http_row['ratio_to_engine'] * 100:.0f} % of the engine alone")
+    if http:
+        http.close()
     result["priority"] = priority(engine)
     p = result["priority"]
     print(f"(c) plus ttft with 64 free waiting: {p['plus_ttft_s']:.3f} s; idle: {p['idle_ttft_s']:.3f} s ({p['plus_ttft_s'] / p['idle_ttft_s']:.2f}x)")
-    if not args.skip_http:
-        from bench.http import http_bench
-
-        result["http"] = http_bench(result["engine"])
     result["rss_mb"] = memory(engine)
     r = result["rss_mb"]
     print(f"(e) rss after 100 requests {r['100']:.0f} MB, after 1000 {r['1000']:.0f} MB ({(r['1000'] / r['100'] - 1) * 100:+.1f} %)")

@@ -1,5 +1,5 @@
 """(d) End to end: N concurrent streaming clients through /v1/chat/completions on a running
-server (the embedded mode, default model), measured with a light httpx client."""
+server (the embedded mode, default model), driven by a light httpx client."""
 from __future__ import annotations
 
 import asyncio
@@ -12,76 +12,82 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 from bench.prompts import question
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NEW_TOKENS = 64
+PORT = 8765
 
 
-def _server(data_dir: str) -> tuple[subprocess.Popen, str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
-    env.update(CHATSITE_DATA_DIR=data_dir, CHAT_MAX_RUNNING="32", LOG_LEVEL="WARNING")
-    subprocess.run([str(BIN / "python"), "manage.py", "migrate", "-v0"], cwd=ROOT, env=env, check=True)
-    key = subprocess.run(
-        [str(BIN / "python"), "manage.py", "shell", "-c",
-         "from django.contrib.auth import get_user_model; from billing.api_keys import api_key_create;"
-         "u = get_user_model().objects.create_user('bench'); print(api_key_create(user=u, name='bench')[1])"],
-        cwd=ROOT, env=env, check=True, capture_output=True, text=True,
-    ).stdout
-    key = re.search(r"cs-[\w-]+", key).group(0)
-    port = "8765"
-    log = open(Path(data_dir) / "daphne.log", "w")
-    server = subprocess.Popen([str(BIN / "daphne"), "-b", "127.0.0.1", "-p", port, "chatsite.asgi:application"],
-                              cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return server, f"http://127.0.0.1:{port}/v1", key
+class HttpBench:
+    """A daphne server of its own (SQLite in a temporary folder, CHAT_MAX_RUNNING=32) and a
+    client for it. The openai client is not used here: its per-chunk parsing would take CPU
+    from the server on this 2-core machine (the tests use it)."""
 
+    def __init__(self) -> None:
+        self._data = tempfile.TemporaryDirectory()
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
+        env.update(CHATSITE_DATA_DIR=self._data.name, CHAT_MAX_RUNNING="32", LOG_LEVEL="WARNING")
+        manage = [str(BIN / "python"), "manage.py"]
+        subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        created = subprocess.run(
+            [*manage, "shell", "-c",
+             "from django.contrib.auth import get_user_model; from billing.api_keys import api_key_create;"
+             "u = get_user_model().objects.create_user('bench'); print(api_key_create(user=u, name='bench')[1])"],
+            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+        ).stdout
+        key = re.search(r"cs-[\w-]+", created).group(0)
+        self._log = open(Path(self._data.name) / "daphne.log", "w")
+        self._server = subprocess.Popen(
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(PORT), "chatsite.asgi:application"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{PORT}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=600,
+            limits=httpx.Limits(max_connections=64),
+        )
+        self.model = self._loop.run_until_complete(self._ready())
 
-async def _one(client, model: str, n: int) -> int:
-    """One streaming request; returns the completion tokens the final usage chunk reports.
-    A plain httpx stream, not the openai client: its per-chunk parsing would take CPU from the
-    server on this 2-core machine (the tests use the openai client)."""
-    body = {
-        "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": NEW_TOKENS,
-        "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
-    }
-    tokens = 0
-    async with client.stream("POST", "/chat/completions", json=body) as response:
-        response.raise_for_status()
-        async for line in response.aiter_lines():
-            if '"usage"' in line:
-                tokens = json.loads(line[len("data: "):])["usage"]["completion_tokens"]
-    return tokens
+    async def _ready(self) -> str:
+        for _ in range(600):  # up, and its model loaded once a request completes
+            try:
+                model = (await self._client.get("/models")).json()["data"][0]["id"]
+                await self._one(model, 0)
+                return model
+            except httpx.TransportError:
+                await asyncio.sleep(0.5)
+        raise RuntimeError("the benchmark server did not start")
 
+    async def _one(self, model: str, n: int) -> int:
+        body = {
+            "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": NEW_TOKENS,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
+        }
+        tokens = 0
+        async with self._client.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if '"usage"' in line:
+                    tokens = json.loads(line[len("data: "):])["usage"]["completion_tokens"]
+        return tokens
 
-async def _run(base_url: str, key: str, engine_rows: dict) -> dict:
-    import httpx
+    def run(self, n: int) -> dict:
+        """n concurrent streams; aggregate completion tokens per second."""
+        async def wave():
+            started = time.perf_counter()
+            tokens = sum(await asyncio.gather(*(self._one(self.model, i) for i in range(n))))
+            return tokens / (time.perf_counter() - started)
 
-    client = httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=600,
-                               limits=httpx.Limits(max_connections=64))
-    for _ in range(600):  # the server is up and its model loaded once a request completes
-        try:
-            model = (await client.get("/models")).json()["data"][0]["id"]
-            await _one(client, model, 0)
-            break
-        except httpx.TransportError:
-            await asyncio.sleep(0.5)
-    results = {}
-    for n in (1, 8, 32):
-        started = time.perf_counter()
-        tokens = sum(await asyncio.gather(*(_one(client, model, i) for i in range(n))))
-        tok_s = tokens / (time.perf_counter() - started)
-        results[str(n)] = {"tok_s": tok_s, "ratio_to_engine": tok_s / engine_rows[str(n)]["tok_s"]}
-        print(f"(d) http x{n:>2}: {tok_s:7.1f} tok/s  {results[str(n)]['ratio_to_engine'] * 100:.0f} % of the engine alone")
-    await client.aclose()
-    return results
+        return {"tok_s": self._loop.run_until_complete(wave())}
 
-
-def http_bench(engine_rows: dict) -> dict:
-    with tempfile.TemporaryDirectory() as data_dir:
-        server, base_url, key = _server(data_dir)
-        try:
-            return asyncio.run(_run(base_url, key, engine_rows))
-        finally:
-            server.terminate()
-            server.wait(30)
+    def close(self) -> None:
+        self._loop.run_until_complete(self._client.aclose())
+        self._loop.close()
+        self._server.terminate()
+        self._server.wait(30)
+        self._log.close()
+        self._data.cleanup()
