@@ -71,9 +71,9 @@ class Engine:
     """Thread-safe: `submit` and `Request.cancel` may be called from any thread.
 
     The engine's own thread loads the model and runs every forward pass. torch's CPU thread
-    pool belongs to the thread that uses it: a batch-1 decode step of SmolLM2 measured 34 ms
-    when one thread did all torch work and 48 ms when another thread had used torch first, so
-    no other thread of a worker should touch torch.
+    pool belongs to the thread that uses it: a batch-1 decode step of SmolLM2 takes 35 ms when
+    one thread does all torch work and 50 ms when another thread has used torch first
+    (`python -m bench.threads`), so no other thread of a worker should touch torch.
     """
 
     def __init__(self, config: EngineConfig = EngineConfig()) -> None:
