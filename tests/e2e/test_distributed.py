@@ -1,6 +1,5 @@
 """The distributed mode end to end: PostgreSQL, a Redis broker, channels_redis, a separate
 `celery worker` process generating, and daphne serving the socket."""
-import os
 import uuid
 
 import psycopg
@@ -71,7 +70,7 @@ def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(d
     status, content, completion_tokens = message_row(database_url, created["message"]["id"])
     assert (status, content) == ("done", answer)
     assert completion_tokens == done["usage"]["completion_tokens"] > 0
-    assert f"generate_reply[" in worker.log()  # the separate worker ran it
+    assert "generate_reply[" in worker.log()  # the separate worker ran it
     assert "embedded Celery worker" not in server.log()
 
 
