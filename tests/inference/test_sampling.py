@@ -78,3 +78,11 @@ def test_same_seed_gives_the_same_samples_and_another_seed_differs():
     assert draws(7) == draws(7)
     assert draws(7) != draws(8)
     assert math.isclose(sample(logits, params, make_generator(1))[1], -math.log(1000), rel_tol=1e-5)
+
+
+def test_greedy_batch_takes_each_rows_best_and_honours_bans_per_row():
+    from inference.sampling import greedy_batch
+
+    logits = torch.tensor([[0.0, 5.0, 4.0], [0.0, 5.0, 4.0], [3.0, 1.0, 2.0]]).to(torch.bfloat16)
+    assert greedy_batch(logits, [False, False, False], set()) == [1, 1, 0]
+    assert greedy_batch(logits, [True, False, True], {1}) == [2, 1, 0]
