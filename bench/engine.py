@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 import platform
+import random
 import resource
 import statistics
 import time
@@ -31,7 +32,8 @@ NEW_TOKENS = 64
 CONCURRENCY = (1, 8, 32)
 NAIVE_REQUESTS = 4
 IDLE_SETTLE_S = 0.5  # for the engine to notice it is idle before memory is read
-REPEATS = 3  # this machine's speed drifts by ±15 % over minutes: medians of runs made side by side
+REPEATS = 3
+PRIORITY_SAMPLES = 9  # this machine's speed drifts by ±15 % over minutes: medians of runs made side by side
 
 
 def prompt_ids(engine: Engine, n: int) -> list[int]:
@@ -104,16 +106,22 @@ def concurrent(engine: Engine, n: int, *, offset: int = 0) -> dict:
 
 
 def priority(engine: Engine) -> dict:
-    """(c) a Plus request's time to first token with 64 Free requests queued, against idle."""
+    """(c) a Plus request's time to first token with 64 Free requests queued, against idle.
+    Plus requests arrive after random pauses: a fixed pause locks onto the engine's step
+    rhythm and always lands at the same point of a step."""
     plus_ids = prompt_ids(engine, 5)
-    idle = [finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s for _ in range(5)]
+    pauses = random.Random(0)
+    idle = []
+    for _ in range(PRIORITY_SAMPLES):
+        idle.append(finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s)
+        time.sleep(pauses.uniform(0.05, 0.3))
     free = [engine.submit(prompt_ids(engine, i), greedy(NEW_TOKENS), priority=0) for i in range(64)]
     while sum(1 for r in free if r.output_ids) < engine.config.max_running // 2:  # the batch is decoding
         time.sleep(0.01)
     loaded = []
-    for _ in range(5):
+    for _ in range(PRIORITY_SAMPLES):
         loaded.append(finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s)
-        time.sleep(0.2)
+        time.sleep(pauses.uniform(0.05, 0.3))
     for request in free:
         request.cancel()
     for request in free:
