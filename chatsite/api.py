@@ -96,6 +96,8 @@ class _Watcher:
         self.layer = get_channel_layer()
         self.events: asyncio.Queue = asyncio.Queue()
         self.unfinished = set(reply_ids)
+        self.prompt_tokens = 0  # the prompt is shared by every choice: counted once
+        self.completion_tokens = 0
         self._channels: list[tuple[int, str]] = []
         self._readers: list[asyncio.Task] = []
 
@@ -117,7 +119,13 @@ class _Watcher:
         index, event = await asyncio.wait_for(self.events.get(), max(0.0, deadline - time.monotonic()))
         if event["type"] in ("gen.done", "gen.error"):
             self.unfinished.discard(self.reply_ids[index])
+        if event["type"] == "gen.done":
+            self.prompt_tokens = event["usage"].get("prompt_tokens", self.prompt_tokens)
+            self.completion_tokens += event["usage"].get("completion_tokens", 0)
         return index, event
+
+    def usage(self) -> dict:
+        return wire.usage_out(self.prompt_tokens, self.completion_tokens)
 
     async def close(self, user) -> None:
         """Stop what is still generating (the client left or gave up) and unsubscribe."""
@@ -135,7 +143,6 @@ def _deadline() -> float:
 
 async def _collect(watcher: _Watcher, user, context: dict) -> JsonResponse:
     choices: dict[int, dict] = {}
-    prompt_tokens = completion_tokens = 0
     deadline = _deadline()
     try:
         while watcher.unfinished:
@@ -143,13 +150,10 @@ async def _collect(watcher: _Watcher, user, context: dict) -> JsonResponse:
             if event["type"] == "gen.error":
                 raise wire.ApiError(500, event["error"], type="server_error")
             if event["type"] == "gen.done":
-                usage = event["usage"]
-                prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                completion_tokens += usage.get("completion_tokens", 0)
                 choices[index] = {
                     "index": index,
                     "message": {"role": "assistant", "content": event["content"]},
-                    "finish_reason": wire.finish_reason(event["status"], event["finish_reason"]),
+                    "finish_reason": wire.finish_reason(event["finish_reason"]),
                 }
     except wire.ApiError as error:
         return _error(error)
@@ -158,12 +162,11 @@ async def _collect(watcher: _Watcher, user, context: dict) -> JsonResponse:
     finally:
         await watcher.close(user)
     return JsonResponse(wire.completion(
-        **context, choices=[choices[i] for i in sorted(choices)], usage=wire.usage_out(prompt_tokens, completion_tokens)
+        **context, choices=[choices[i] for i in sorted(choices)], usage=watcher.usage()
     ))
 
 
 async def _stream(watcher: _Watcher, user, context: dict, include_usage: bool):
-    prompt_tokens = completion_tokens = 0
     deadline = _deadline()
     try:
         for index in range(len(watcher.reply_ids)):
@@ -177,17 +180,13 @@ async def _stream(watcher: _Watcher, user, context: dict, include_usage: bool):
                     {"index": index, "delta": {"content": event["text"]}, "finish_reason": None}
                 ]))
             elif event["type"] == "gen.done":
-                usage = event["usage"]
-                prompt_tokens = usage.get("prompt_tokens", prompt_tokens)
-                completion_tokens += usage.get("completion_tokens", 0)
                 yield wire.sse(wire.chunk(**context, choices=[{
-                    "index": index, "delta": {},
-                    "finish_reason": wire.finish_reason(event["status"], event["finish_reason"]),
+                    "index": index, "delta": {}, "finish_reason": wire.finish_reason(event["finish_reason"]),
                 }]))
             elif event["type"] == "gen.error":
                 yield wire.sse(wire.ApiError(500, event["error"], type="server_error").body())
         if include_usage:
-            yield wire.sse(wire.chunk(**context, choices=[], usage=wire.usage_out(prompt_tokens, completion_tokens)))
+            yield wire.sse(wire.chunk(**context, choices=[], usage=watcher.usage()))
         yield wire.sse("[DONE]")
     except asyncio.TimeoutError:
         yield wire.sse(wire.ApiError(504, "The model did not answer in time.", type="server_error").body())

@@ -153,7 +153,8 @@ def _number(data: dict, name: str) -> float:
 FINISH_REASONS = {"eos": "stop", "stop_string": "stop", "length": "length"}
 
 
-def finish_reason(status: str, reason: str) -> str:
+def finish_reason(reason: str) -> str:
+    """OpenAI's name for why a choice ended; a stopped one counts as `stop`."""
     return FINISH_REASONS.get(reason, "stop")
 
 
