@@ -12,7 +12,6 @@ import multiprocessing
 import os
 import platform
 import random
-import resource
 import statistics
 import time
 from pathlib import Path
@@ -134,11 +133,9 @@ def _median(runs: list[dict]) -> dict:
 
 
 def rss_mb() -> float:
+    """Resident memory now (Linux), not the peak that getrusage reports."""
     with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
 
 
 def memory(engine: Engine) -> dict:

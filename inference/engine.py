@@ -186,10 +186,7 @@ class Engine:
         while True:
             with self._lock:
                 if self._shutting_down:
-                    everything = self._scheduler.take_all()
-                    self.runner.remove({request.id for request in everything})
-                    for request in everything:
-                        self._end(request, RequestStatus.STOPPED, "shutdown")
+                    self._end_everything(RequestStatus.STOPPED, "shutdown")
                     return
                 idle = not self._scheduler.has_work()
                 if idle and not self._freed_since_release:
@@ -208,10 +205,14 @@ class Engine:
             except Exception:  # a bug here must fail the requests, not hang their callers
                 logger.exception("engine step failed")
                 with self._lock:
-                    everything = self._scheduler.take_all()
-                    self.runner.remove(set(self.runner.rows))
-                    for request in everything:
-                        self._end(request, RequestStatus.FAILED, "error: internal engine error")
+                    self._end_everything(RequestStatus.FAILED, "error: internal engine error")
+
+    def _end_everything(self, status: RequestStatus, reason: str) -> None:
+        """End every request, waiting or running, and empty the batch. Call holding the lock."""
+        everything = self._scheduler.take_all()
+        self.runner.clear()
+        for request in everything:
+            self._end(request, status, reason)
 
     def step(self) -> None:
         started = time.perf_counter()

@@ -186,6 +186,11 @@ class ModelRunner:
             layer.keys = layer.keys.index_select(0, index)[:, :, first_used:]
             layer.values = layer.values.index_select(0, index)[:, :, first_used:]
 
+    def clear(self) -> None:
+        """Drop every row and anything prefilled but not yet committed."""
+        self.rows, self._lengths, self._pending = [], [], []
+        self._cache, self._mask, self._padded = None, None, False
+
     def _stack(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append the rows of a freshly prefilled `cache` to the batch, left-padding the
         shorter of the two so that every row ends in the same column."""

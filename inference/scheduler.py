@@ -68,6 +68,8 @@ class Scheduler:
         """Remove and return every request, waiting or running, whose cancel was asked for."""
         cancelled = [request for request in self.running if request.cancel_requested]
         cancelled += [entry[2] for entry in self._waiting if entry[2].cancel_requested]
+        for request in cancelled:
+            self._order.pop(request.id, None)
         if cancelled:
             self.running = [request for request in self.running if not request.cancel_requested]
             self._waiting = [entry for entry in self._waiting if not entry[2].cancel_requested]
@@ -76,7 +78,7 @@ class Scheduler:
 
     def take_all(self) -> list[Request]:
         everything = self.running + [entry[2] for entry in self._waiting]
-        self.running, self._waiting = [], []
+        self.running, self._waiting, self._order = [], [], {}
         return everything
 
     def retire(self, request: Request) -> None:
