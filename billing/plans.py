@@ -1,25 +1,55 @@
-"""What a plan allows: input size, answer length, queue and priority."""
+"""What a plan allows, and which plan governs a user now.
+
+Limits come from settings.BILLING_PLANS. A user is on Plus while a Stripe subscription or a
+staff grant says so (`plus_source`), otherwise on Free.
+"""
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
+
+from django.conf import settings
+from django.utils import timezone
+
+from billing.models import PlanGrant, Subscription
+from billing.subscriptions import subscription_grants_plus
+
+FREE = "free"
+PLUS = "plus"
 
 
 @dataclass(frozen=True)
 class Plan:
     code: str
     name: str
+    messages_per_window: int  # messages one user may send in any BILLING_QUOTA_WINDOW_S
     max_input_chars: int  # longest message a user may send
     max_output_tokens: int  # longest answer the model may write
-    queue: str  # Celery queue the generation goes to
+    max_best_of: int  # most answers or candidates one request may ask for: API `n` and `best_of`
     priority: int  # engine priority; higher is admitted first
-    max_choices: int  # most answers one request may ask for: API `n` and `best_of`
+    queue: str  # Celery queue the generation goes to
 
 
-FREE = Plan(code="free", name="Free", max_input_chars=4000, max_output_tokens=512, queue="free", priority=0, max_choices=1)
-PLUS = Plan(code="plus", name="Plus", max_input_chars=32000, max_output_tokens=2048, queue="plus", priority=10, max_choices=4)
+def plan_get(code: str) -> Plan:
+    """The plan `code` with today's settings; an unknown code (a plan since removed) is Free."""
+    values = settings.BILLING_PLANS.get(code)
+    if values is None:
+        code, values = FREE, settings.BILLING_PLANS[FREE]
+    return Plan(code=code, **values)
 
 
-def plan_for_user(user) -> Plan:
-    """The plan that governs `user` now. Subscriptions arrive with the Billing issue; until a
-    user has one, every account is on Free."""
-    return FREE
+def plan_for_user(user, *, now: datetime.datetime | None = None) -> Plan:
+    """The plan that governs `user` now."""
+    return plan_get(PLUS if plus_source(user, now=now) else FREE)
+
+
+def plus_source(user, *, now: datetime.datetime | None = None) -> str | None:
+    """Why `user` is on Plus now — "subscription" or "grant" — or None when they are not."""
+    now = now or timezone.now()
+    for subscription in Subscription.objects.filter(user=user).exclude(status=Subscription.Status.INCOMPLETE):
+        if subscription_grants_plus(subscription, now=now, grace_s=settings.BILLING_PAST_DUE_GRACE_S):
+            return "subscription"
+    grant = PlanGrant.objects.filter(user=user).first()
+    if grant is not None and grant.action == PlanGrant.Action.GRANT and (grant.expires_at is None or grant.expires_at > now):
+        return "grant"
+    return None

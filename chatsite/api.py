@@ -18,6 +18,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from billing.api_keys import api_key_authenticate
 from billing.plans import plan_for_user
+from billing.quota import QuotaExceeded, QuotaStatus
 from chatsite import openai_protocol as wire
 from chatsite import services
 from chatsite.embedded import embedded_worker_ensure
@@ -68,24 +69,39 @@ async def chat_completions(request: HttpRequest):
             model_name=settings.CHAT_MODEL_NAME,
             max_input_chars=plan.max_input_chars,
             max_output_tokens=plan.max_output_tokens,
-            max_choices=plan.max_choices,
+            max_choices=plan.max_best_of,
+        )
+        replies, quota = await database_sync_to_async(services.api_completion_create)(
+            user=user, plan=plan, messages=parsed.messages, sampling=parsed.sampling, n=parsed.n
         )
     except wire.ApiError as error:
         return _error(error)
+    except QuotaExceeded as refused:
+        response = _error(wire.ApiError(429, str(refused), type="requests", code="rate_limit_exceeded"))
+        response["Retry-After"] = str(refused.retry_after_s)
+        return _with_rate_limit_headers(response, refused.status)
     embedded_worker_ensure()
-    replies = await database_sync_to_async(services.api_completion_create)(
-        user=user, messages=parsed.messages, sampling=parsed.sampling, n=parsed.n
-    )
     watcher = await _Watcher.start([reply.id for reply in replies])
     for reply in replies:
-        await database_sync_to_async(services.reply_enqueue)(reply=reply, user=user)
+        await database_sync_to_async(services.reply_enqueue)(reply=reply)
     context = {"completion_id": f"chatcmpl-{replies[0].id}", "created": int(time.time()), "model": settings.CHAT_MODEL_NAME}
     if parsed.stream:
         response = StreamingHttpResponse(_stream(watcher, user, context, parsed.include_usage), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
-        return response
-    return await _collect(watcher, user, context)
+    else:
+        response = await _collect(watcher, user, context)
+    return _with_rate_limit_headers(response, quota)
+
+
+def _with_rate_limit_headers(response, quota: QuotaStatus):
+    """OpenAI's request-limit headers: the plan's messages per window, what is left, and the
+    time until the window frees the next one (e.g. "2h59m58s")."""
+    response["x-ratelimit-limit-requests"] = str(quota.limit)
+    response["x-ratelimit-remaining-requests"] = str(quota.remaining)
+    reset_s = (quota.next_free_at - quota.now).total_seconds() if quota.next_free_at else 0.0
+    response["x-ratelimit-reset-requests"] = wire.duration(reset_s)
+    return response
 
 
 class _Watcher:

@@ -8,6 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from billing.plans import plan_for_user
+from billing.quota import QuotaExceeded
 from chatsite import services
 from chatsite.embedded import embedded_worker_ensure
 from chatsite.models import Conversation
@@ -18,6 +19,7 @@ from chatsite.protocol import (
     error_frame,
     message_created_frame,
     parse_client_frame,
+    rate_limited_frame,
     token_frame,
 )
 from chatsite.publisher import generation_group
@@ -53,7 +55,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             plan = await database_sync_to_async(plan_for_user)(self.user)
             frame = parse_client_frame(text_data, max_content_chars=plan.max_input_chars)
             if isinstance(frame, SendFrame):
-                await self._send_message(frame)
+                await self._send_message(frame, plan)
             else:
                 await self._stop()
         except ProtocolError as error:
@@ -62,20 +64,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.exception("chat socket frame failed")
             await self._send_json(error_frame("internal", "Something went wrong on our side. Please try again."))
 
-    async def _send_message(self, frame: SendFrame) -> None:
+    async def _send_message(self, frame: SendFrame, plan) -> None:
         if self.generating is not None:
             raise ProtocolError("busy", "Wait for the answer to finish, or stop it, before sending again.")
         try:
-            user_message, reply = await database_sync_to_async(services.message_send)(
-                user=self.user, conversation_id=frame.conversation_id, content=frame.content
+            user_message, reply, quota = await database_sync_to_async(services.message_send)(
+                user=self.user, plan=plan, conversation_id=frame.conversation_id, content=frame.content
             )
         except Conversation.DoesNotExist:
             raise ProtocolError("not_found", "That conversation does not exist.") from None
+        except QuotaExceeded as refused:
+            await self._send_json(rate_limited_frame(str(refused), refused.retry_after_s, refused.status.as_dict()))
+            return
         # Listen before enqueueing, so that not even the first token can be missed.
         self.generating = reply.id
         await self.channel_layer.group_add(generation_group(reply.id), self.channel_name)
-        await self._send_json(message_created_frame(user_message, reply))
-        await database_sync_to_async(services.reply_enqueue)(reply=reply, user=self.user)
+        await self._send_json(message_created_frame(user_message, reply, quota.as_dict()))
+        await database_sync_to_async(services.reply_enqueue)(reply=reply)
 
     async def _stop(self) -> None:
         if self.generating is None:

@@ -10,9 +10,11 @@ import time
 from dataclasses import asdict
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
-from billing.plans import plan_for_user
+from billing.plans import plan_for_user, plan_get
+from billing.usage import usage_record
 from chatsite import publisher
 from chatsite.models import Message
 from chatsite.selectors import conversation_branch, reply_stop_requested
@@ -40,7 +42,10 @@ def reply_generate(*, message_id: int) -> None:
 
 def _generate(reply: Message) -> None:
     engine = engine_get(EngineConfig(**settings.INFERENCE_ENGINE))
-    plan = plan_for_user(reply.conversation.owner)
+    # The plan that admitted the message governs it; rows from before plans were recorded
+    # take the owner's plan now.
+    plan = plan_get(reply.plan) if reply.plan else plan_for_user(reply.conversation.owner)
+    reply.plan = plan.code
     params = _sampling_params(reply, plan)
     try:
         prompt_ids = build_prompt_ids(
@@ -122,7 +127,21 @@ def _finish(reply: Message, content: str, finish: FinishEvent) -> None:
     reply.ttft_s = usage.ttft_s
     reply.decode_s = usage.decode_s
     reply.compute_s = usage.compute_s
-    reply.save()
+    with transaction.atomic():
+        reply.save()
+        usage_record(
+            user=reply.conversation.owner,
+            message_id=reply.id,
+            plan=reply.plan,
+            source=reply.conversation.source,
+            status=reply.status,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            queue_wait_s=usage.queue_wait_s,
+            ttft_s=usage.ttft_s,
+            decode_s=usage.decode_s,
+            compute_s=usage.compute_s,
+        )
     publisher.publish_done(
         reply.id, status=reply.status, finish_reason=reply.finish_reason, content=content, usage=asdict(usage)
     )

@@ -51,6 +51,8 @@ class Message(models.Model):
     error = models.CharField(max_length=500, blank=True, default="")  # why a reply failed, for the user
     # Sampling asked for by an API call (SamplingParams field names); empty: the chat defaults.
     sampling = models.JSONField(default=dict, blank=True)
+    # The plan that admitted a reply (billing.plans code): its queue, priority and caps apply.
+    plan = models.CharField(max_length=16, blank=True, default="")
     finish_reason = models.CharField(max_length=40, blank=True, default="")  # eos, length, stop, ...
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)

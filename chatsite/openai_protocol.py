@@ -3,6 +3,7 @@ shape responses, chunks and errors as OpenAI's clients expect them."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from inference import SamplingParams
@@ -178,3 +179,15 @@ def chunk(*, completion_id: str, created: int, model: str, choices: list[dict], 
 
 def sse(data: dict | str) -> bytes:
     return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()
+
+
+def duration(seconds: float) -> str:
+    """A duration as OpenAI's rate-limit headers write it: "1h2m3s", "6m0s", "20s"."""
+    total = max(0, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

@@ -70,11 +70,21 @@ class MessageOut(TypedDict):
     parent: int | None
 
 
+class QuotaOut(TypedDict):
+    plan: str
+    plan_name: str
+    limit: int  # messages per window
+    remaining: int
+    window_s: int
+    resets_at: str | None  # ISO time the oldest counted message leaves the window
+
+
 class MessageCreatedFrame(TypedDict):
     type: Literal["message.created"]
     conversation: dict
     user_message: MessageOut
     message: MessageOut
+    quota: QuotaOut
 
 
 class TokenFrame(TypedDict):
@@ -98,6 +108,8 @@ class ErrorFrame(TypedDict, total=False):
     code: str
     error: str
     message: int
+    retry_after: int  # rate_limited: seconds until one more message is allowed
+    quota: QuotaOut  # rate_limited: the window as it stands
 
 
 def message_out(message) -> MessageOut:
@@ -110,13 +122,14 @@ def message_out(message) -> MessageOut:
     }
 
 
-def message_created_frame(user_message, assistant_message) -> MessageCreatedFrame:
+def message_created_frame(user_message, assistant_message, quota: QuotaOut) -> MessageCreatedFrame:
     conversation = assistant_message.conversation
     return {
         "type": "message.created",
         "conversation": {"id": conversation.id, "title": conversation.title},
         "user_message": message_out(user_message),
         "message": message_out(assistant_message),
+        "quota": quota,
     }
 
 
@@ -140,3 +153,7 @@ def error_frame(code: str, error: str, message_id: int | None = None) -> ErrorFr
     if message_id is not None:
         frame["message"] = message_id
     return frame
+
+
+def rate_limited_frame(error: str, retry_after: int, quota: QuotaOut) -> ErrorFrame:
+    return {"type": "error", "code": "rate_limited", "error": error, "retry_after": retry_after, "quota": quota}

@@ -8,7 +8,8 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from billing.plans import plan_for_user
+from billing.plans import Plan, plan_get
+from billing.quota import QuotaStatus, quota_consume
 from chatsite.celery import app as celery_app
 from chatsite.models import Conversation, Message
 from chatsite.selectors import stop_key
@@ -19,10 +20,14 @@ STOP_KEY_TTL_S = 3600
 
 
 @transaction.atomic
-def message_send(*, user, conversation_id: int | None, content: str) -> tuple[Message, Message]:
-    """Save the user's message and a pending assistant reply after the conversation's current
-    message (a new conversation when `conversation_id` is None). Raises Conversation.DoesNotExist
-    for a conversation the user does not own. Enqueue the reply with `reply_enqueue`."""
+def message_send(
+    *, user, plan: Plan, conversation_id: int | None, content: str
+) -> tuple[Message, Message, QuotaStatus]:
+    """Count the message against the user's quota, then save it and a pending assistant reply
+    after the conversation's current message (a new conversation when `conversation_id` is
+    None). Raises QuotaExceeded, or Conversation.DoesNotExist for a conversation the user does
+    not own, having saved nothing. Enqueue the reply with `reply_enqueue`."""
+    quota = quota_consume(user=user, plan=plan)
     if conversation_id is None:
         conversation = Conversation.objects.create(owner=user, title=_title_from(content))
     else:
@@ -31,17 +36,22 @@ def message_send(*, user, conversation_id: int | None, content: str) -> tuple[Me
         conversation=conversation, parent_id=conversation.current_id, role=Message.Role.USER, content=content
     )
     reply = Message.objects.create(
-        conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+        conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT,
+        status=Message.Status.PENDING, plan=plan.code,
     )
     conversation.current = reply
     conversation.save(update_fields=["current", "updated_at"])
-    return user_message, reply
+    return user_message, reply, quota
 
 
 @transaction.atomic
-def api_completion_create(*, user, messages: list[dict[str, str]], sampling: dict, n: int = 1) -> list[Message]:
-    """Save an API call's messages as a conversation of their own (not listed in the chat) and
-    `n` pending replies to them, siblings, each carrying the call's sampling parameters."""
+def api_completion_create(
+    *, user, plan: Plan, messages: list[dict[str, str]], sampling: dict, n: int = 1
+) -> tuple[list[Message], QuotaStatus]:
+    """Count the call as one message against the user's quota (QuotaExceeded: nothing saved),
+    then save its messages as a conversation of their own (not listed in the chat) and `n`
+    pending replies to them, siblings, each carrying the call's sampling parameters."""
+    quota = quota_consume(user=user, plan=plan)
     first_user = next((m["content"] for m in messages if m["role"] == "user"), "API request")
     conversation = Conversation.objects.create(owner=user, title=_title_from(first_user) or "API request",
                                                source=Conversation.Source.API)
@@ -53,18 +63,18 @@ def api_completion_create(*, user, messages: list[dict[str, str]], sampling: dic
     replies = [
         Message.objects.create(
             conversation=conversation, parent=parent, role=Message.Role.ASSISTANT,
-            status=Message.Status.PENDING, sampling=sampling,
+            status=Message.Status.PENDING, sampling=sampling, plan=plan.code,
         )
         for _ in range(n)
     ]
     conversation.current = replies[0]
     conversation.save(update_fields=["current", "updated_at"])
-    return replies
+    return replies, quota
 
 
-def reply_enqueue(*, reply: Message, user) -> None:
-    """Queue `reply` for generation on the user's plan's queue, once the transaction commits."""
-    plan = plan_for_user(user)
+def reply_enqueue(*, reply: Message) -> None:
+    """Queue `reply` on its plan's queue with its plan's priority, once the transaction commits."""
+    plan = plan_get(reply.plan)
     transaction.on_commit(
         lambda: celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
     )

@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from billing.plans import plan_for_user
+from billing.quota import quota_status
 from chatsite.forms import SignupForm
 from chatsite.models import Conversation
 from chatsite.selectors import conversation_branch, conversation_get, conversation_list
@@ -44,6 +45,7 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
             "branch": branch,
             "conversations": conversation_list(user=request.user),
             "plan": plan,
+            "quota": quota_status(user=request.user, plan=plan),
         },
     )
 

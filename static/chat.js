@@ -66,9 +66,26 @@
     });
   }
 
+  // "17 of 20 messages left · next frees up at 14:05", in the reader's own time zone.
+  const quotaLine = document.getElementById("quota");
+  function showQuota(quota) {
+    if (!quotaLine || !quota) return;
+    let text = quota.remaining + " of " + quota.limit + " messages left";
+    if (quota.resets_at) {
+      const at = new Date(quota.resets_at);
+      text += " · next frees up at " + at.toLocaleTimeString([], {hour: "2-digit", minute: "2-digit"});
+    }
+    quotaLine.textContent = text;
+  }
+  if (quotaLine) {
+    showQuota({remaining: quotaLine.dataset.remaining, limit: quotaLine.dataset.limit,
+               resets_at: quotaLine.dataset.resetsAt || null});
+  }
+
   function handle(frame) {
     switch (frame.type) {
       case "message.created": {
+        showQuota(frame.quota);
         if (conversationId === null) {
           conversationId = frame.conversation.id;
           history.replaceState(null, "", "/chat/" + conversationId + "/");
@@ -111,6 +128,7 @@
         } else {
           const pending = messages.querySelector(".message.user.sending");
           if (pending) { input.value = pending.querySelector(".content").textContent; pending.remove(); }
+          if (frame.quota) showQuota(frame.quota);
           setStatus(frame.error);
         }
         break;

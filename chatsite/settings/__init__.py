@@ -139,3 +139,4 @@ LOGGING = {
 from chatsite.settings.channels import *  # noqa: E402,F401,F403
 from chatsite.settings.celery import *  # noqa: E402,F401,F403
 from chatsite.settings.inference import *  # noqa: E402,F401,F403
+from chatsite.settings.billing import *  # noqa: E402,F401,F403

@@ -1,6 +1,7 @@
 """The task body, run in the test thread with the tiny model."""
 import pytest
 
+from billing.plans import FREE, plan_get
 from chatsite.generation import reply_generate
 from chatsite.models import Message
 from chatsite.services import message_send
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_pending_reply_is_generated_and_saved_with_its_accounting(make_user):
-    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
     assert reply.status == "done" and reply.finish_reason in {"eos", "length"}
@@ -21,7 +22,7 @@ def test_a_pending_reply_is_generated_and_saved_with_its_accounting(make_user):
 
 
 def test_running_the_task_twice_changes_nothing_the_second_time(make_user):
-    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
     first = (reply.content, reply.updated_at)
@@ -31,7 +32,7 @@ def test_running_the_task_twice_changes_nothing_the_second_time(make_user):
 
 
 def test_a_reply_stopped_while_queued_is_not_generated(make_user):
-    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     Message.objects.filter(id=reply.id).update(status=Message.Status.STOPPED)
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
@@ -44,8 +45,8 @@ def test_the_model_is_given_the_whole_branch(make_user, tiny_engine_config):
     tokenizer = load_tokenizer(resolve_model_source(tiny_engine_config.model))
     user = make_user()
     conversation, _, _ = conversation_with_reply(user, content="My name is Ada.", reply_text="Hello Ada!")
-    _, reply = message_send(user=user, conversation_id=conversation.id, content="What is my name?")
-    _, alone = message_send(user=user, conversation_id=None, content="What is my name?")
+    _, reply, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=conversation.id, content="What is my name?")
+    _, alone, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="What is my name?")
     reply_generate(message_id=reply.id)
     reply_generate(message_id=alone.id)
     reply.refresh_from_db()
@@ -56,7 +57,7 @@ def test_the_model_is_given_the_whole_branch(make_user, tiny_engine_config):
 
 def test_a_conversation_too_long_for_the_model_fails_with_a_clear_error(make_user):
     # the tiny model's context is 1024 tokens; this is about 1,600
-    _, reply = message_send(user=make_user(), conversation_id=None, content="lorem ipsum " * 400)
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="lorem ipsum " * 400)
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
     assert reply.status == "failed"
@@ -65,7 +66,7 @@ def test_a_conversation_too_long_for_the_model_fails_with_a_clear_error(make_use
 
 def test_a_reply_running_past_the_timeout_is_stopped_keeping_its_text(make_user, slow_engine, settings):
     settings.CHAT_GENERATION_TIMEOUT_S = 0.3
-    _, reply = message_send(user=make_user(), conversation_id=None, content="Hello")
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
     assert (reply.status, reply.finish_reason) == ("stopped", "timeout")

@@ -1,5 +1,6 @@
 import pytest
 
+from billing.plans import FREE, plan_get
 from chatsite import services
 from chatsite.models import Conversation, Message
 from chatsite.selectors import reply_stop_requested
@@ -10,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 def test_sending_starts_a_conversation_with_the_question_and_a_pending_reply(make_user):
     user = make_user()
-    question, reply = services.message_send(user=user, conversation_id=None, content="What is the capital of France?")
+    question, reply, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="What is the capital of France?")
     conversation = reply.conversation
     assert conversation.owner == user and conversation.title == "What is the capital of France?"
     assert question.role == "user" and question.parent is None
@@ -21,14 +22,14 @@ def test_sending_starts_a_conversation_with_the_question_and_a_pending_reply(mak
 def test_sending_again_continues_the_shown_branch(make_user):
     user = make_user()
     conversation, _, first_reply = conversation_with_reply(user)
-    question, reply = services.message_send(user=user, conversation_id=conversation.id, content="And then?")
+    question, reply, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=conversation.id, content="And then?")
     assert question.parent == first_reply
     conversation.refresh_from_db()
     assert conversation.current == reply
 
 
 def test_long_titles_are_shortened(make_user):
-    _, reply = services.message_send(user=make_user(), conversation_id=None, content="word " * 40)
+    _, reply, _ = services.message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="word " * 40)
     assert len(reply.conversation.title) == services.TITLE_CHARS and reply.conversation.title.endswith("…")
 
 
@@ -36,13 +37,13 @@ def test_sending_to_someone_elses_conversation_fails_and_writes_nothing(make_use
     conversation, _, _ = conversation_with_reply(make_user())
     before = Message.objects.count()
     with pytest.raises(Conversation.DoesNotExist):
-        services.message_send(user=make_user(), conversation_id=conversation.id, content="hi")
+        services.message_send(user=make_user(), plan=plan_get(FREE), conversation_id=conversation.id, content="hi")
     assert Message.objects.count() == before
 
 
 def test_stopping_a_queued_reply_marks_it_stopped_at_once(make_user):
     user = make_user()
-    _, reply = services.message_send(user=user, conversation_id=None, content="hi")
+    _, reply, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="hi")
     assert services.reply_stop(user=user, message_id=reply.id) is services.StopOutcome.STOPPED
     reply.refresh_from_db()
     assert reply.status == "stopped"
@@ -68,7 +69,7 @@ def test_replies_a_previous_run_left_unfinished_are_closed_keeping_their_text(ma
 
     user = make_user()
     _, _, streaming = conversation_with_reply(user, reply_text="half an ans", status=Message.Status.STREAMING)
-    _, queued = services.message_send(user=user, conversation_id=None, content="never started")
+    _, queued, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="never started")
     an_hour_ago = timezone.now() - datetime.timedelta(hours=1)
     Message.objects.filter(id__in=[streaming.id, queued.id]).update(updated_at=an_hour_ago)
     restart = an_hour_ago + datetime.timedelta(minutes=1)
@@ -78,7 +79,7 @@ def test_replies_a_previous_run_left_unfinished_are_closed_keeping_their_text(ma
     assert (streaming.status, streaming.content) == ("stopped", "half an ans")
     assert queued.status == "failed" and "send your message again" in queued.error
     # replies of the running process are left alone
-    _, current = services.message_send(user=user, conversation_id=None, content="new")
+    _, current, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="new")
     assert services.replies_interrupted_close(before=restart) == 0
     current.refresh_from_db()
     assert current.status == "pending"

@@ -1,0 +1,109 @@
+"""Rolling-window message quotas, checked and counted atomically.
+
+A plan allows `messages_per_window` messages in any BILLING_QUOTA_WINDOW_S seconds. Each
+accepted message is one QuotaUse row; a message is refused while the window already holds
+the limit, and the next one is allowed when the oldest use in the window leaves it.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.utils import timezone
+
+from billing.models import QuotaUse
+from billing.plans import Plan
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    plan: Plan
+    limit: int
+    used: int  # messages in the window now
+    window_s: int
+    next_free_at: datetime.datetime | None  # when the oldest counted message leaves the window
+    now: datetime.datetime  # when this was read
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def retry_after_s(self) -> int:
+        """Whole seconds until one more message is allowed; 0 when one is allowed now."""
+        if self.remaining or self.next_free_at is None:
+            return 0
+        return max(1, math.ceil((self.next_free_at - self.now).total_seconds()))
+
+    def as_dict(self) -> dict:
+        """For the chat page and the socket: what is left and when the window moves on."""
+        return {
+            "plan": self.plan.code,
+            "plan_name": self.plan.name,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "window_s": self.window_s,
+            "resets_at": self.next_free_at.isoformat() if self.next_free_at else None,
+        }
+
+
+class QuotaExceeded(Exception):
+    """The user's window is full; `status` says until when."""
+
+    def __init__(self, status: QuotaStatus) -> None:
+        self.status = status
+        self.retry_after_s = status.retry_after_s
+        plan = status.plan
+        super().__init__(
+            f"You have sent {status.limit} messages in the last {_duration(status.window_s)}, the {plan.name} "
+            f"plan's limit. You can send again in {_duration(self.retry_after_s)}."
+            + (" Plus raises the limit." if plan.code == "free" else "")
+        )
+
+
+def quota_status(*, user, plan: Plan, now: datetime.datetime | None = None) -> QuotaStatus:
+    """The user's window as it stands: a read, no lock."""
+    now = now or timezone.now()
+    window_s = settings.BILLING_QUOTA_WINDOW_S
+    since = now - datetime.timedelta(seconds=window_s)
+    times = list(QuotaUse.objects.filter(user=user, at__gt=since).order_by("at").values_list("at", flat=True))
+    used, limit = len(times), plan.messages_per_window
+    # Below the limit: when the oldest use leaves. At or over it (after a downgrade): when
+    # enough of the oldest have left for one more message.
+    next_free_at = times[max(0, used - limit)] + datetime.timedelta(seconds=window_s) if times else None
+    return QuotaStatus(plan=plan, limit=limit, used=used, window_s=window_s, next_free_at=next_free_at, now=now)
+
+
+def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> QuotaStatus:
+    """Count one message for `user` under `plan`, or raise QuotaExceeded and count nothing.
+
+    Call inside the transaction that saves the message, so that a refused or failed send
+    leaves no trace. It locks the user's row first: concurrent sends of one user are counted
+    one after another, so no burst gets past the limit (SQLite's IMMEDIATE transactions
+    serialise writers the same way)."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("quota_consume must run inside the transaction that saves the message")
+    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+    now = now or timezone.now()
+    status = quota_status(user=user, plan=plan, now=now)
+    if status.remaining <= 0:
+        raise QuotaExceeded(status)
+    QuotaUse.objects.filter(user=user, at__lte=now - datetime.timedelta(seconds=status.window_s)).delete()
+    QuotaUse.objects.create(user=user, at=now)
+    return quota_status(user=user, plan=plan, now=now)
+
+
+def _duration(seconds: float) -> str:
+    """3 hours, 1 hour 5 minutes, 12 minutes, 40 seconds."""
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds} second{'s' if seconds != 1 else ''}"
+    hours, minutes = divmod(round(seconds / 60), 60)
+    parts = [f"{hours} hour{'s' if hours != 1 else ''}"] if hours else []
+    if minutes:
+        parts.append(f"{minutes} minute{'s' if minutes != 1 else ''}")
+    return " ".join(parts)
