@@ -6,23 +6,18 @@ import psycopg
 import pytest
 import redis
 
+from tests.postgres import fresh_database
 from tests.e2e.servers import Daphne, celery_worker, chat, manage, require_service, server_env, sign_up
 
 pytestmark = pytest.mark.distributed
 
-POSTGRES = "postgresql://postgres@127.0.0.1:5432"
 REDIS_DB_URL = "redis://127.0.0.1:6379/9"  # a database of its own, emptied before and after
 
 
 @pytest.fixture(scope="module")
 def database_url():
-    require_service("127.0.0.1", 5432, "PostgreSQL")
-    name = f"chatsite_e2e_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"{POSTGRES}/{name}"
-    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_database("chatsite_e2e") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
