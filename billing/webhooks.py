@@ -37,7 +37,9 @@ def event_verify(*, payload: bytes, signature: str | None) -> dict:
     if not signature:
         raise BadEvent("missing Stripe-Signature header")
     try:
-        stripe.WebhookSignature.verify_header(payload.decode("utf-8"), signature, settings.STRIPE_WEBHOOK_SECRET)
+        stripe.WebhookSignature.verify_header(
+            payload.decode("utf-8"), signature, settings.STRIPE_WEBHOOK_SECRET, tolerance=stripe.Webhook.DEFAULT_TOLERANCE
+        )
         event = json.loads(payload)
     except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as error:
         raise BadEvent(str(error)) from None

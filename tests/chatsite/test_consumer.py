@@ -160,3 +160,22 @@ async def test_closing_the_socket_stops_the_reply_and_keeps_its_text(make_user, 
             break
         await asyncio.sleep(0.1)
     assert reply.status == "stopped" and reply.content and reply.completion_tokens < 200
+
+
+async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make_user, settings):
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "messages_per_window": 2}}
+    communicator = await open_socket(make_user())
+    first = await send(communicator, {"type": "send", "conversation": None, "content": "One"})
+    assert first["quota"]["plan"] == "free"
+    assert (first["quota"]["limit"], first["quota"]["remaining"]) == (2, 1) and first["quota"]["resets_at"]
+    await until_end(communicator)
+    second = await send(communicator, {"type": "send", "conversation": first["conversation"]["id"], "content": "Two"})
+    assert second["quota"]["remaining"] == 0
+    await until_end(communicator)
+    saved = await Message.objects.acount()
+    refused = await send(communicator, {"type": "send", "conversation": first["conversation"]["id"], "content": "Three"})
+    assert refused["type"] == "error" and refused["code"] == "rate_limited"
+    assert "2 messages in the last 3 hours" in refused["error"]
+    assert 0 < refused["retry_after"] <= 3 * 3600 and refused["quota"]["remaining"] == 0
+    assert await Message.objects.acount() == saved
+    await communicator.disconnect()

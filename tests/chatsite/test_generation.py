@@ -71,3 +71,30 @@ def test_a_reply_running_past_the_timeout_is_stopped_keeping_its_text(make_user,
     reply.refresh_from_db()
     assert (reply.status, reply.finish_reason) == ("stopped", "timeout")
     assert reply.content and 0 < reply.completion_tokens < 100  # 20 ms a token, 512 allowed
+
+
+def test_a_finished_generation_leaves_a_usage_record(make_user):
+    from billing.models import UsageRecord
+
+    user = make_user()
+    _, reply, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    record = UsageRecord.objects.get(message_id=reply.id)
+    assert (record.user, record.plan, record.source, record.status) == (user, "free", "chat", "done")
+    assert (record.prompt_tokens, record.completion_tokens) == (reply.prompt_tokens, reply.completion_tokens)
+    assert record.compute_s == reply.compute_s > 0 and record.ttft_s == reply.ttft_s
+
+
+def test_the_plan_that_admitted_a_message_caps_its_answer(make_user):
+    from billing.plans import PLUS
+    from chatsite.generation import _sampling_params
+
+    user = make_user()
+    _, free_reply, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Hello")
+    _, plus_reply, _ = message_send(user=user, plan=plan_get(PLUS), conversation_id=None, content="Hello")
+    assert (free_reply.plan, plus_reply.plan) == ("free", "plus")
+    assert _sampling_params(free_reply, plan_get(FREE)).max_new_tokens == 512
+    assert _sampling_params(plus_reply, plan_get(PLUS)).max_new_tokens == 2048
+    free_reply.sampling = {"max_new_tokens": 4000}  # an API call asking for more than its plan
+    assert _sampling_params(free_reply, plan_get(FREE)).max_new_tokens == 512
