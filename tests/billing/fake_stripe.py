@@ -148,7 +148,8 @@ class FakeStripe(stripe.HTTPClient):
     def _forward(self, method, parsed, headers, post_data):
         request = urllib.request.Request(
             self.forward_to.rstrip("/") + parsed.path + (f"?{parsed.query}" if parsed.query else ""),
-            data=post_data if method.lower() != "get" else None, headers=dict(headers), method=method.upper(),
+            data=post_data.encode() if isinstance(post_data, str) else post_data,
+            headers=dict(headers), method=method.upper(),
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:

@@ -39,11 +39,16 @@ def test_a_new_user_asks_the_real_model_and_watches_paris_stream_in(page: Page, 
 
 def test_stop_button_and_log_out(page: Page, embedded_server):
     sign_up(page, embedded_server.url, "browser-stopper")
+    expect(page.locator("#plan")).to_contain_text("Plan: Free")
+    expect(page.locator("#quota")).to_have_text("20 of 20 messages left")
     page.fill("#input", "Hello")
     page.get_by_role("button", name="Send").click()
     expect(page.locator(".message.assistant")).to_have_count(1)
     expect(page.locator(".message.assistant:not(.streaming)")).to_have_count(1, timeout=30_000)
     expect(page.get_by_role("button", name="Send")).to_be_visible()
     expect(page.get_by_role("button", name="Stop")).to_be_hidden()
+    expect(page.locator("#quota")).to_contain_text(re.compile(r"^19 of 20 messages left · next frees up at \d"))
+    page.get_by_role("link", name="Upgrade").click()
+    expect(page.locator("#billing-off")).to_contain_text("Billing is not configured on this server")
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/accounts/(login|logout)/"))

@@ -130,6 +130,30 @@ def test_the_api_keeps_each_answer_as_a_message_but_off_the_chat_page(embedded_s
     assert "Remember this API question" not in account[0].get("/chat/")
 
 
+def test_responses_carry_the_rate_limit_headers_and_a_full_window_gets_429(embedded_server, model):
+    session = sign_up(embedded_server.url, "api-quota")
+    client = openai.OpenAI(base_url=embedded_server.url + "/v1", api_key=create_api_key(session), max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "user", "content": "count me"}], max_tokens=2
+    )
+    assert raw.headers["x-ratelimit-limit-requests"] == "20"
+    assert raw.headers["x-ratelimit-remaining-requests"] == "19"
+    assert raw.headers["x-ratelimit-reset-requests"] in ("2h59m59s", "3h0m0s")
+    # Fill the rest of the Free window as 19 more calls would.
+    user_id = rows(embedded_server, "SELECT id FROM auth_user WHERE username = 'api-quota'")[0][0]
+    with sqlite3.connect(embedded_server.database) as connection:
+        connection.executemany("INSERT INTO billing_quotause (user_id, at) VALUES (?, datetime('now'))", [(user_id,)] * 19)
+    before = rows(embedded_server, "SELECT count(*) FROM chatsite_message")[0][0]
+    with pytest.raises(openai.RateLimitError) as refused:
+        ask(client, model, "one too many", max_tokens=2)
+    response = refused.value.response
+    assert response.status_code == 429 and refused.value.code == "rate_limit_exceeded"
+    assert "20 messages in the last 3 hours" in refused.value.body["message"]
+    assert 3 * 3600 - 60 <= int(response.headers["retry-after"]) <= 3 * 3600
+    assert response.headers["x-ratelimit-remaining-requests"] == "0"
+    assert rows(embedded_server, "SELECT count(*) FROM chatsite_message")[0][0] == before
+
+
 @pytest.mark.real_model
 def test_a_client_that_disconnects_mid_stream_stops_its_generation(real_model_server):
     """On the real model (about 25 tokens a second here), so the answer is surely unfinished
