@@ -4,9 +4,9 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import transaction
 
+from billing.locking import user_row_lock
 from billing.models import StripeCustomer, Subscription
 from billing.plans import PLUS, plus_source
 from billing.stripe_client import as_dict, stripe_client
@@ -23,7 +23,7 @@ def customer_ensure(*, user) -> str:
     """The user's Stripe customer id, creating the customer on first use. Our own customer
     (not one Checkout makes) ties every later subscription event to the user."""
     with transaction.atomic():
-        get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+        user_row_lock(user_id=user.pk)
         existing = StripeCustomer.objects.filter(user=user).first()
         if existing is not None:
             return existing.stripe_id

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from billing.locking import user_row_lock
 from billing.models import QuotaUse
 from billing.plans import Plan
 
@@ -87,7 +87,7 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
     serialise writers the same way)."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quota_consume must run inside the transaction that saves the message")
-    get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True).first()
+    user_row_lock(user_id=user.pk)
     now = now or timezone.now()
     status = quota_status(user=user, plan=plan, now=now)
     if status.remaining <= 0:

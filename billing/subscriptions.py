@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime
 import logging
 
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.utils import timezone
 
+from billing.locking import user_row_lock
 from billing.models import StripeCustomer, Subscription
 from billing.stripe_client import as_dict, stripe_client
 
@@ -48,10 +48,13 @@ def subscription_sync(*, subscription_id: str, customer_id: str) -> Subscription
             logger.warning("Stripe subscription %s belongs to unknown customer %s; ignored", subscription_id, customer_id)
             return None
         # One writer per subscriber: two events handled at once fetch and write in turn.
-        get_user_model().objects.select_for_update().filter(pk=customer.user_id).values_list("pk", flat=True).first()
+        user_row_lock(user_id=customer.user_id)
         previous = Subscription.objects.filter(stripe_id=subscription_id).first()
         remote = as_dict(stripe_client().v1.subscriptions.retrieve(subscription_id))
         fields = subscription_fields(remote, previous=previous, now=timezone.now())
+        if fields["customer_id"] != customer_id:
+            logger.warning("Stripe subscription %s is not customer %s's; ignored", subscription_id, customer_id)
+            return None
         subscription, _ = Subscription.objects.update_or_create(
             stripe_id=subscription_id, defaults={"user": customer.user, **fields}
         )
