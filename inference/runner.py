@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from inference.attention import use_decode_attention
+
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -66,6 +68,8 @@ class ModelRunner:
     def __init__(self, model, device: torch.device) -> None:
         self.model = model.to(device)
         self.device = device
+        if device.type == "cpu":
+            use_decode_attention(self.model)
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)
         self.rows: list[int] = []  # request id of each row
