@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from inference import attention
 from inference.attention import NAME, decode_attention
 from inference.loading import load_model, resolve_model_source
 from inference.runner import ModelRunner
@@ -10,6 +11,12 @@ from inference.runner import ModelRunner
 
 class Layer(torch.nn.Module):
     num_key_value_groups = 3
+
+
+@pytest.fixture(autouse=True)
+def small_batches_too(monkeypatch):
+    """Tests use batches small enough for SDPA; take the matmul path anyway."""
+    monkeypatch.setattr(attention, "MIN_WORK", 0)
 
 
 def reference(query, key, value, mask):
