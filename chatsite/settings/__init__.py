@@ -9,7 +9,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chatsite.settings.env import env_bool, env_list, env_str
+from chatsite.settings.env import env_bool, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = Path(env_str("CHATSITE_DATA_DIR", str(BASE_DIR / ".data")))
@@ -84,7 +84,21 @@ TEMPLATES = [
 
 def _databases() -> dict:
     if DATABASE_URL:
-        return {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+        database = dj_database_url.parse(DATABASE_URL)
+        if database["ENGINE"] == "django.db.backends.postgresql":
+            # A pool per process, not a persistent connection per thread: ASGI runs each
+            # request's database work in a thread of its own, and with CONN_MAX_AGE those
+            # threads' connections outlived them — 32 concurrent API calls on one embedded
+            # server ran PostgreSQL out of its 100 connections and lost replies.
+            database["CONN_MAX_AGE"] = 0
+            database.setdefault("OPTIONS", {})["pool"] = {
+                "min_size": 1,
+                "max_size": env_int("DATABASE_POOL_SIZE", 20),  # per process
+                "timeout": 30,  # seconds a thread waits for a free connection
+            }
+        else:
+            database["CONN_MAX_AGE"] = 60
+        return {"default": database}
     return {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",

@@ -98,3 +98,25 @@ def test_the_plan_that_admitted_a_message_caps_its_answer(make_user):
     assert _sampling_params(plus_reply, plan_get(PLUS)).max_new_tokens == 2048
     free_reply.sampling = {"max_new_tokens": 4000}  # an API call asking for more than its plan
     assert _sampling_params(free_reply, plan_get(FREE)).max_new_tokens == 512
+
+
+def test_a_database_error_before_the_claim_runs_the_task_again(make_user, monkeypatch):
+    from django.db import OperationalError
+
+    from chatsite import generation
+    from chatsite.tasks import generate_reply
+
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
+    real_filter, calls = Message.objects.filter, []
+
+    def flaky_filter(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OperationalError("too many clients already")
+        return real_filter(*args, **kwargs)
+
+    monkeypatch.setattr(generation.Message.objects, "filter", flaky_filter)
+    monkeypatch.setattr(generate_reply, "retry_backoff", False)  # retry at once
+    generate_reply.apply(args=[reply.id])
+    reply.refresh_from_db()
+    assert reply.status == "done" and reply.content

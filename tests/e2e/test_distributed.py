@@ -7,7 +7,7 @@ import pytest
 import redis
 
 from tests.postgres import fresh_database
-from tests.e2e.servers import Daphne, celery_worker, chat, manage, require_service, server_env, sign_up
+from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manage, require_service, server_env, sign_up
 
 pytestmark = pytest.mark.distributed
 
@@ -78,3 +78,47 @@ def test_stop_reaches_the_worker_process(distributed):
     status, content, completion_tokens = message_row(database_url, frames[0]["message"]["id"])
     assert status == "stopped" and content == done["content"]
     assert 0 < completion_tokens < 512  # the Free plan would have allowed 512
+
+
+def test_a_burst_of_api_calls_all_complete_within_the_connection_pools(distributed):
+    """Two bursts of 36 API calls at once (6 users): every one answers, and PostgreSQL sees at
+    most the two processes' pools (DATABASE_POOL_SIZE=20 each) plus a few. With a persistent
+    connection per thread instead, each burst's threads left theirs open: 100 and more."""
+    import asyncio
+    import threading
+    import time
+
+    import httpx
+
+    server, _, database_url = distributed
+    keys = [create_api_key(sign_up(server.url, f"burst-{n}")) for n in range(6)]
+    name = database_url.rsplit("/", 1)[1]
+    seen, stop = [0], threading.Event()
+
+    def watch():
+        with psycopg.connect(database_url, autocommit=True) as connection:
+            while not stop.is_set():
+                count = connection.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [name]).fetchone()[0]
+                seen[0] = max(seen[0], count)
+                time.sleep(0.05)
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            model = (await client.get("/v1/models", headers={"Authorization": f"Bearer {keys[0]}"})).json()["data"][0]["id"]
+            async def call(key, n):
+                body = {"model": model, "messages": [{"role": "user", "content": f"burst {n}"}], "max_tokens": 8}
+                response = await client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
+                return response.status_code, response.json()
+            first = await asyncio.gather(*(call(keys[n % 3], n) for n in range(36)))
+            return first + await asyncio.gather(*(call(keys[3 + n % 3], n) for n in range(36)))
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        results = asyncio.run(burst())
+    finally:
+        stop.set()
+        watcher.join()
+    assert [status for status, _ in results] == [200] * 72
+    assert all(body["choices"][0]["message"]["content"] for _, body in results)
+    assert seen[0] <= 2 * 20 + 5
