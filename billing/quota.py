@@ -70,11 +70,14 @@ def quota_status(*, user, plan: Plan, now: datetime.datetime | None = None) -> Q
     now = now or timezone.now()
     window_s = settings.BILLING_QUOTA_WINDOW_S
     since = now - datetime.timedelta(seconds=window_s)
-    times = list(QuotaUse.objects.filter(user=user, at__gt=since).order_by("at").values_list("at", flat=True))
-    used, limit = len(times), plan.messages_per_window
+    window = QuotaUse.objects.filter(user=user, at__gt=since)
+    used, limit = window.count(), plan.messages_per_window
     # Below the limit: when the oldest use leaves. At or over it (after a downgrade): when
     # enough of the oldest have left for one more message.
-    next_free_at = times[max(0, used - limit)] + datetime.timedelta(seconds=window_s) if times else None
+    next_free_at = None
+    if used:
+        nth_oldest = window.order_by("at").values_list("at", flat=True)[max(0, used - limit)]
+        next_free_at = nth_oldest + datetime.timedelta(seconds=window_s)
     return QuotaStatus(plan=plan, limit=limit, used=used, window_s=window_s, next_free_at=next_free_at, now=now)
 
 
