@@ -84,40 +84,41 @@ def billing(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_POST
 def checkout(request: HttpRequest) -> HttpResponse:
-    if not billing_enabled():
-        messages.error(request, "Billing is not configured on this server.")
-        return redirect("billing")
     # Built as an absolute URL first: Stripe fills in {CHECKOUT_SESSION_ID} only if the
     # braces reach it unescaped.
     success_url = request.build_absolute_uri(reverse("billing-success")) + "?session_id={CHECKOUT_SESSION_ID}"
-    try:
-        url = checkout_session_create(
-            user=request.user, success_url=success_url, cancel_url=request.build_absolute_uri(reverse("billing-cancelled"))
-        )
-    except CheckoutRefused as refused:
-        messages.error(request, str(refused))
-        return redirect("billing")
-    except stripe.StripeError:
-        logger.exception("creating a Stripe Checkout session failed")
-        messages.error(request, "We could not reach our payment provider. Nothing was charged; please try again.")
-        return redirect("billing")
-    return redirect(url, permanent=False)
+    cancel_url = request.build_absolute_uri(reverse("billing-cancelled"))
+    return _to_stripe(
+        request,
+        lambda: checkout_session_create(user=request.user, success_url=success_url, cancel_url=cancel_url),
+        "We could not reach our payment provider. Nothing was charged; please try again.",
+    )
 
 
 @login_required
 @require_POST
 def portal(request: HttpRequest) -> HttpResponse:
+    return _to_stripe(
+        request,
+        lambda: portal_session_create(user=request.user, return_url=_billing_page(request)),
+        "We could not reach our payment provider; please try again.",
+    )
+
+
+def _to_stripe(request: HttpRequest, create_session, unreachable: str) -> HttpResponse:
+    """Redirect to the Stripe page `create_session` returns, or back to the plan page with a
+    message saying why not."""
     if not billing_enabled():
         messages.error(request, "Billing is not configured on this server.")
         return redirect("billing")
     try:
-        url = portal_session_create(user=request.user, return_url=_billing_page(request))
+        url = create_session()
     except CheckoutRefused as refused:
         messages.error(request, str(refused))
         return redirect("billing")
     except stripe.StripeError:
-        logger.exception("creating a Stripe Billing Portal session failed")
-        messages.error(request, "We could not reach our payment provider; please try again.")
+        logger.exception("creating a Stripe session failed")
+        messages.error(request, unreachable)
         return redirect("billing")
     return redirect(url, permanent=False)
 
