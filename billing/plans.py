@@ -46,7 +46,7 @@ def plan_for_user(user, *, now: datetime.datetime | None = None) -> Plan:
 def plus_source(user, *, now: datetime.datetime | None = None) -> str | None:
     """Why `user` is on Plus now — "subscription" or "grant" — or None when they are not."""
     now = now or timezone.now()
-    for subscription in Subscription.objects.filter(user=user).exclude(status=Subscription.Status.INCOMPLETE):
+    for subscription in Subscription.objects.filter(user=user):
         if subscription_grants_plus(subscription, now=now, grace_s=settings.BILLING_PAST_DUE_GRACE_S):
             return "subscription"
     grant = PlanGrant.objects.filter(user=user).first()

@@ -6,6 +6,7 @@ the limit, and the next one is allowed when the oldest use in the window leaves 
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
 from dataclasses import dataclass
@@ -97,7 +98,10 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
         raise QuotaExceeded(status)
     QuotaUse.objects.filter(user=user, at__lte=now - datetime.timedelta(seconds=status.window_s)).delete()
     QuotaUse.objects.create(user=user, at=now)
-    return quota_status(user=user, plan=plan, now=now)
+    # One more in the window; if it was empty, this message is the oldest.
+    return dataclasses.replace(
+        status, used=status.used + 1, next_free_at=status.next_free_at or now + datetime.timedelta(seconds=status.window_s)
+    )
 
 
 def _duration(seconds: float) -> str:
