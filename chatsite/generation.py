@@ -63,24 +63,27 @@ def _generate(reply: Message) -> None:
     started = time.monotonic()
     last_save = started
     last_stop_check = 0.0
-    last_publish = float("-inf")
     pieces: list[str] = []
-    unsent: list[TokenEvent] = []  # text held back to go out in one frame with what follows
-    for event in request.events(timeout=settings.CHAT_STOP_POLL_S):
-        events = [event, *request.drain()] if event is not None else []
-        unsent += [e for e in events if isinstance(e, TokenEvent) and e.text]
+    while True:
+        if pieces:
+            # Text is flowing: look once per stream interval (or as soon as it ends) rather
+            # than at every token; the web side gets one frame per interval either way.
+            request.wait_finished(settings.CHAT_STREAM_INTERVAL_S)
+            events = request.drain()
+        else:
+            # Until the first text goes out, every event counts: time to first token.
+            event = request.next_event(timeout=settings.CHAT_STOP_POLL_S)
+            events = [event, *request.drain()] if event is not None else []
+        tokens = [e for e in events if isinstance(e, TokenEvent) and e.text]
         finish = next((e for e in events if isinstance(e, FinishEvent)), None)
-        now = time.monotonic()
-        # The first text goes out at once; after that at most one frame per interval, which
-        # spares the web side a frame per token when many replies stream at once.
-        if unsent and (finish is not None or now - last_publish >= settings.CHAT_STREAM_INTERVAL_S):
-            text = "".join(token.text for token in unsent)
+        if tokens:
+            text = "".join(token.text for token in tokens)
             pieces.append(text)
-            publisher.publish_token(reply.id, text=text, index=unsent[0].index)
-            unsent, last_publish = [], now
+            publisher.publish_token(reply.id, text=text, index=tokens[0].index)
         if finish is not None:
             _finish(reply, "".join(pieces), finish)
             return
+        now = time.monotonic()
         if now - last_stop_check >= settings.CHAT_STOP_POLL_S:
             last_stop_check = now
             if reply_stop_requested(message_id=reply.id):

@@ -80,6 +80,7 @@ class Request:
     candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
     _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
     _cancel_reason: str = field(default="stop", repr=False)
 
     def __post_init__(self) -> None:
@@ -110,14 +111,22 @@ class Request:
     def events(self, timeout: float | None = None) -> Iterator[Event | None]:
         """Yield events until the FinishEvent; yield None whenever `timeout` passes quietly."""
         while True:
-            try:
-                event = self._events.get(timeout=timeout)
-            except queue.Empty:
-                yield None
-                continue
+            event = self.next_event(timeout)
             yield event
             if isinstance(event, FinishEvent):
                 return
+
+    def next_event(self, timeout: float | None = None) -> Event | None:
+        """The next event, waiting at most `timeout` seconds for it (None if none came)."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def wait_finished(self, timeout: float | None = None) -> bool:
+        """Wait until the request has finished or `timeout` passes; whether it has finished.
+        A reader that batches text wakes here once per interval instead of at every token."""
+        return self._finished.wait(timeout)
 
     def drain(self) -> list[Event]:
         """Every event already waiting, without blocking (to coalesce tokens into one frame)."""
@@ -136,3 +145,4 @@ class Request:
         self.status = status
         self.finish_reason = reason
         self.emit(FinishEvent(status=status, reason=reason, usage=self.usage))
+        self._finished.set()

@@ -120,3 +120,20 @@ def test_a_database_error_before_the_claim_runs_the_task_again(make_user, monkey
     generate_reply.apply(args=[reply.id])
     reply.refresh_from_db()
     assert reply.status == "done" and reply.content
+
+
+def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user, slow_engine, settings, monkeypatch):
+    """The first text is published as soon as it exists; after it, the task looks once per
+    CHAT_STREAM_INTERVAL_S (here longer than the whole answer), so the rest is one frame."""
+    from chatsite import generation
+
+    settings.CHAT_STREAM_INTERVAL_S = 60.0
+    frames = []
+    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index: frames.append((index, text)))
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.completion_tokens > 2
+    assert 1 <= len(frames) <= 2
+    assert frames[0][0] == 0
+    assert "".join(text for _, text in frames) == reply.content
