@@ -16,7 +16,6 @@ import torch
 from transformers import DynamicCache
 
 from inference.attention import use_decode_attention
-from inference.kv import spare_room_cache
 
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -200,7 +199,7 @@ class ModelRunner:
         """Append the rows of a freshly prefilled `cache` to the batch, left-padding the
         shorter of the two so that every row ends in the same column."""
         if self._cache is None:
-            self._cache, self._mask = spare_room_cache(cache), mask
+            self._cache, self._mask = cache, mask
             self._padded = not bool(mask.all())
             return
         width = max(self._mask.shape[1], mask.shape[1])
