@@ -33,7 +33,7 @@ DB_THREADS = 4
 # The API's database work runs on a few threads of its own, not on a new thread per request
 # (Django's default for async views): 32 calls arriving together then queue for 4 threads
 # holding open connections, instead of 32 threads fighting over the GIL and each opening a
-# connection. Measured with `python -m bench.engine`, see the README.
+# connection. What it changed: the README's Benchmarks.
 _db_threads = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="api-db")
 
 
@@ -62,8 +62,8 @@ def _authenticate(request: HttpRequest):
 def _accept(request: HttpRequest):
     """Everything a completion needs from the database, in one trip to a thread (each trip
     is a hop between threads, slow while the engine keeps both cores busy): authenticate,
-    read the plan, validate the body against it, count the call and save its messages. Returns (user,
-    parsed request, pending replies, quota); raises ApiError or QuotaExceeded."""
+    read the plan, validate the body against it, count the call and save its messages.
+    Returns (user, parsed request, pending replies, quota); raises ApiError or QuotaExceeded."""
     user = _authenticate(request)
     plan = plan_for_user(user)
     parsed = wire.parse_chat_completion(

@@ -1,11 +1,11 @@
 """Django's SQLite backend, with this process's write transactions taken in turn.
 
 SQLite lets one writer in at a time. A thread that finds the database locked waits in
-SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries and so leaves the lock
-idle after each commit: 32 API calls arriving together spent 1.5 s getting their messages
-saved one by one, about 47 ms each, most of it asleep. Here the threads of one process queue
-on a lock instead and the next one starts the moment the last commits; other processes (a
-management command, a second server) still meet SQLite's own locking.
+SQLite's busy handler, which sleeps 1, 2, 5, 10 … 100 ms between tries and so can leave the
+lock idle after a commit: 32 API calls arriving together took 1.5 s to get their messages
+saved one by one. Here the threads of one process queue on a lock instead and the next one
+can start the moment the last commits; other processes (a management command, a second
+server) still meet SQLite's own locking.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from django.db import OperationalError
 from django.db.backends.sqlite3 import base
 
 _writer = threading.Lock()  # held from BEGIN to COMMIT or ROLLBACK, or for one write outside them
+DEFAULT_TIMEOUT_S = 5.0  # SQLite's own default; OPTIONS["timeout"] overrides both
 _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
@@ -26,7 +27,7 @@ def _take_writer(timeout: float) -> None:
 class _Cursor(base.SQLiteCursorWrapper):
     """A write outside a transaction (a single UPDATE in autocommit) also waits its turn."""
 
-    lock_timeout = 5.0
+    lock_timeout = DEFAULT_TIMEOUT_S  # set per connection by DatabaseWrapper.create_cursor
 
     def execute(self, query, params=None):
         if self.connection.in_transaction or not query.lstrip()[:7].upper().startswith(_WRITES):
@@ -51,7 +52,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     @property
     def _lock_timeout(self) -> float:
-        return self.settings_dict["OPTIONS"].get("timeout", 5)
+        return self.settings_dict["OPTIONS"].get("timeout", DEFAULT_TIMEOUT_S)
 
     def create_cursor(self, name=None):
         cursor = self.connection.cursor(factory=_Cursor)
