@@ -93,3 +93,44 @@ class HttpBench:
         self._server.wait(30)
         self._log.close()
         self._data.cleanup()
+
+
+def _server_thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds used so far by each thread of process `pid` (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        used[tid] = (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def main() -> None:
+    """`python -m bench.http 32 32 32`: bursts of N streams against one server, each with its
+    tokens/s and where the CPU went: the server's two busiest threads (the engine's torch
+    threads), the rest of the server, and this client."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("streams", nargs="+", type=int)
+    args = parser.parse_args()
+    bench = HttpBench()
+    try:
+        for n in args.streams:
+            before, client_before = _server_thread_cpu_s(bench._server.pid), time.process_time()
+            started = time.perf_counter()
+            tok_s = bench.run(n)["tok_s"]
+            wall = time.perf_counter() - started
+            after = _server_thread_cpu_s(bench._server.pid)
+            used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
+            print(f"x{n:>2}: {tok_s:6.1f} tok/s in {wall:5.2f} s; CPU s: torch threads {used[0]:.2f} + {used[1]:.2f}, "
+                  f"rest of server {sum(used[2:]):.2f}, client {time.process_time() - client_before:.2f}", flush=True)
+    finally:
+        bench.close()
+
+
+if __name__ == "__main__":
+    main()
