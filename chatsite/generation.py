@@ -6,6 +6,7 @@ engine → publish text as it comes → save the result. Safe to run twice for o
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import asdict
 
@@ -20,6 +21,7 @@ from chatsite.models import Message
 from chatsite.selectors import conversation_branch, reply_stop_requested
 from inference import EngineConfig, FinishEvent, SamplingParams, TokenEvent
 from inference.prompts import PromptTooLong, build_prompt_ids
+from inference.requests import Request
 from inference.worker import engine_get
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ def _generate(reply: Message) -> None:
     request = engine.submit(
         prompt_ids, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
     )
+    with _STREAMS:
+        _stream(reply, request)
+
+
+def _stream(reply: Message, request: Request) -> None:
     started = time.monotonic()
     last_save = started
     last_stop_check = 0.0
@@ -68,7 +75,7 @@ def _generate(reply: Message) -> None:
         if pieces:
             # Text is flowing: look once per stream interval (or as soon as it ends) rather
             # than at every token; the web side gets one frame per interval either way.
-            request.wait_finished(settings.CHAT_STREAM_INTERVAL_S)
+            request.wait_finished(stream_interval_s(_STREAMS.count))
             events = request.drain()
         else:
             # Until the first text goes out, every event counts: time to first token.
@@ -93,6 +100,35 @@ def _generate(reply: Message) -> None:
         if now - last_save >= settings.CHAT_SAVE_EVERY_S:
             last_save = now
             Message.objects.filter(id=reply.id).update(content="".join(pieces), updated_at=timezone.now())
+
+
+def stream_interval_s(streams: int) -> float:
+    """Seconds between two token frames of a reply while this process streams `streams`
+    replies: CHAT_STREAM_INTERVAL_S, or longer where the replies together would send more than
+    CHAT_STREAM_FRAMES_PER_S frames a second. Each frame costs the server and the client the
+    same CPU whatever it carries, and on a busy worker that CPU is taken from the model."""
+    budget = settings.CHAT_STREAM_FRAMES_PER_S
+    return max(settings.CHAT_STREAM_INTERVAL_S, streams / budget if budget > 0 else 0.0)
+
+
+class _Streams:
+    """How many replies this process is streaming now; `with _STREAMS:` counts one."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> _Streams:
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *_) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+_STREAMS = _Streams()
 
 
 def _sampling_params(reply: Message, plan) -> SamplingParams:

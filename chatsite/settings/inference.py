@@ -20,5 +20,9 @@ CHAT_TOP_P = env_float("CHAT_TOP_P", 0.9)
 CHAT_SYSTEM_PROMPT = env_str("CHAT_SYSTEM_PROMPT")  # empty: the model's own default
 CHAT_GENERATION_TIMEOUT_S = env_float("CHAT_GENERATION_TIMEOUT_S", 300.0)  # then the reply is stopped
 CHAT_STREAM_INTERVAL_S = env_float("CHAT_STREAM_INTERVAL_S", 0.1)  # shortest gap between token frames
+# Token frames a worker process sends per second, all its replies together: beyond
+# CHAT_STREAM_FRAMES_PER_S × CHAT_STREAM_INTERVAL_S replies at once, each reply's frames come
+# further apart and carry more tokens (0: no limit). Why: README, Benchmarks.
+CHAT_STREAM_FRAMES_PER_S = env_float("CHAT_STREAM_FRAMES_PER_S", 100.0)
 CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
 CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming

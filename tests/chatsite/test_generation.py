@@ -137,3 +137,33 @@ def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user,
     assert 1 <= len(frames) <= 2
     assert frames[0][0] == 0
     assert "".join(text for _, text in frames) == reply.content
+
+
+def test_the_stream_interval_stretches_so_that_all_replies_together_keep_to_the_frame_budget(settings):
+    from chatsite.generation import stream_interval_s
+
+    settings.CHAT_STREAM_INTERVAL_S = 0.1
+    settings.CHAT_STREAM_FRAMES_PER_S = 100.0
+    assert stream_interval_s(1) == 0.1
+    assert stream_interval_s(10) == 0.1  # 10 replies × 10 frames/s: within the budget
+    assert stream_interval_s(32) == pytest.approx(0.32)  # 32 replies share 100 frames/s
+    settings.CHAT_STREAM_FRAMES_PER_S = 0.0  # no budget
+    assert stream_interval_s(500) == 0.1
+
+
+@pytest.mark.parametrize("frames_per_s, few", [(1 / 60, True), (0.0, False)])
+def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_engine, settings, monkeypatch, frames_per_s, few):
+    """Tokens come every 20 ms and the interval is 10 ms; a budget of one frame a minute
+    stretches the one reply's interval past the whole answer, no budget leaves a frame a token."""
+    from chatsite import generation
+
+    settings.CHAT_STREAM_INTERVAL_S = 0.01
+    settings.CHAT_STREAM_FRAMES_PER_S = frames_per_s
+    frames = []
+    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index: frames.append(text))
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.completion_tokens > 4
+    assert (len(frames) <= 2) is few
+    assert "".join(frames) == reply.content
