@@ -9,7 +9,6 @@ over rounds. Each server runs the working tree's code.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import bench.http as http
@@ -25,24 +24,13 @@ def _setting(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def _server(port: int, env: dict[str, str]) -> http.HttpBench:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    http.PORT = port
-    try:
-        return http.HttpBench()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rounds", type=int)
     parser.add_argument("settings", nargs="+", help="NAME:VAR=value,VAR=value (nothing after the colon: the defaults)")
     args = parser.parse_args()
     settings = [_setting(text) for text in args.settings]
-    servers = [_server(http.PORT + i, env) for i, (_, env) in enumerate(settings)]
+    servers = [http.HttpBench(port=http.PORT + i, settings=env) for i, (_, env) in enumerate(settings)]
     engine = Engine.load(EngineConfig(max_running=STREAMS))
     runs: dict[str, list[float]] = {"engine": []} | {name: [] for name, _ in settings}
     try:

@@ -27,12 +27,14 @@ class HttpBench:
     client for it. The openai client is not used here: its per-chunk parsing would take CPU
     from the server on this 2-core machine (the tests use it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = PORT, settings: dict[str, str] | None = None) -> None:
+        """`settings`: environment variables for the server, over the defaults below."""
         self._data = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
         # A quota the benchmark's hundreds of requests cannot exhaust; its checks still run.
         env.update(CHATSITE_DATA_DIR=self._data.name, CHAT_MAX_RUNNING="32", LOG_LEVEL="WARNING",
                    FREE_MESSAGES_PER_WINDOW="1000000")
+        env.update(settings or {})
         manage = [str(BIN / "python"), "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
         created = subprocess.run(
@@ -44,12 +46,12 @@ class HttpBench:
         key = re.search(r"cs-[\w-]+", created).group(0)
         self._log = open(Path(self._data.name) / "daphne.log", "w")
         self._server = subprocess.Popen(
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(PORT), "chatsite.asgi:application"],
+            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self._loop = asyncio.new_event_loop()
         self._client = httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{PORT}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=600,
+            base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=600,
             limits=httpx.Limits(max_connections=64),
         )
         self.model = self._loop.run_until_complete(self._ready())
