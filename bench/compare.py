@@ -24,13 +24,20 @@ def _setting(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
+def _server(port: int, env: dict[str, str]) -> http.HttpBench:
+    """DISTRIBUTED=1 among the settings: daphne + a worker process, PostgreSQL, Redis."""
+    distributed = env.pop("DISTRIBUTED", "") == "1"
+    return http.HttpBench(port=port, settings=env, distributed=distributed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rounds", type=int)
-    parser.add_argument("settings", nargs="+", help="NAME:VAR=value,VAR=value (nothing after the colon: the defaults)")
+    parser.add_argument("settings", nargs="+", help="NAME:VAR=value,VAR=value (nothing after the colon: the defaults; "
+                        "DISTRIBUTED=1: a worker process, PostgreSQL and Redis)")
     args = parser.parse_args()
     settings = [_setting(text) for text in args.settings]
-    servers = [http.HttpBench(port=http.PORT + i, settings=env) for i, (_, env) in enumerate(settings)]
+    servers = [_server(http.PORT + i, dict(env)) for i, (_, env) in enumerate(settings)]
     engine = Engine.load(EngineConfig(max_running=STREAMS))
     runs: dict[str, list[float]] = {"engine": []} | {name: [] for name, _ in settings}
     try:

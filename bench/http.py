@@ -1,5 +1,7 @@
 """(d) End to end: N concurrent streaming clients through /v1/chat/completions on a running
-server (the embedded mode, default model), driven by a light httpx client."""
+server, default model, driven by a light httpx client. Either mode of the README: embedded
+(one daphne process, SQLite, the worker in a thread of it) or distributed (daphne and a
+`celery worker` process, PostgreSQL, Redis)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -20,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 NEW_TOKENS = 64
 PORT = 8765
+POSTGRES = "postgresql://postgres@127.0.0.1:5432"
+REDIS = "redis://127.0.0.1:6379/7"  # a database of its own, emptied when a distributed server starts
 
 
 class HttpBench:
@@ -27,13 +32,21 @@ class HttpBench:
     client for it. The openai client is not used here: its per-chunk parsing would take CPU
     from the server on this 2-core machine (the tests use it)."""
 
-    def __init__(self, port: int = PORT, settings: dict[str, str] | None = None) -> None:
-        """`settings`: environment variables for the server, over the defaults below."""
+    def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False) -> None:
+        """`settings`: environment variables for the server, over the defaults below.
+        `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own."""
         self._data = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
         # A quota the benchmark's hundreds of requests cannot exhaust; its checks still run.
         env.update(CHATSITE_DATA_DIR=self._data.name, CHAT_MAX_RUNNING="32", LOG_LEVEL="WARNING",
                    FREE_MESSAGES_PER_WINDOW="1000000")
+        self._database = None
+        if distributed:
+            self._database = self._create_database()
+            env.update(DATABASE_URL=f"{POSTGRES}/{self._database}", REDIS_URL=REDIS, DJANGO_SECRET_KEY="bench-" + uuid.uuid4().hex)
+            import redis
+
+            redis.Redis.from_url(REDIS).flushdb()
         env.update(settings or {})
         manage = [str(BIN / "python"), "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
@@ -49,6 +62,12 @@ class HttpBench:
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
+        self._worker = None
+        if distributed:
+            self._worker = subprocess.Popen(
+                [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING"],
+                cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            )
         self._loop = asyncio.new_event_loop()
         self._client = httpx.AsyncClient(
             base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=600,
@@ -88,13 +107,29 @@ class HttpBench:
 
         return {"tok_s": self._loop.run_until_complete(wave())}
 
+    @staticmethod
+    def _create_database() -> str:
+        import psycopg
+
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return name
+
     def close(self) -> None:
         self._loop.run_until_complete(self._client.aclose())
         self._loop.close()
-        self._server.terminate()
-        self._server.wait(30)
+        for process in (self._server, self._worker):
+            if process:
+                process.terminate()
+                process.wait(30)
         self._log.close()
         self._data.cleanup()
+        if self._database:
+            import psycopg
+
+            with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
 
 
 def _server_thread_cpu_s(pid: int) -> dict[str, float]:

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.utils import timezone
 
 from billing.plans import plan_for_user, plan_get
@@ -62,6 +62,7 @@ def _generate(reply: Message) -> None:
     request = engine.submit(
         prompt_ids, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
     )
+    _release_connection()
     with _STREAMS:
         _stream(reply, request)
 
@@ -100,6 +101,18 @@ def _stream(reply: Message, request: Request) -> None:
         if now - last_save >= settings.CHAT_SAVE_EVERY_S:
             last_save = now
             Message.objects.filter(id=reply.id).update(content="".join(pieces), updated_at=timezone.now())
+            _release_connection()
+
+
+def _release_connection() -> None:
+    """Hand this thread's database connection back while the reply streams, as Django does
+    between requests. With a pool (PostgreSQL, CONN_MAX_AGE=0) a reply held one connection for
+    its whole generation, so a worker ran at most DATABASE_POOL_SIZE replies at once and the
+    rest waited (up to the pool's timeout) instead of joining the batch. A kept connection
+    (SQLite, CONN_MAX_AGE>0) stays open, and so does one inside a transaction (tests run in one)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 def stream_interval_s(streams: int) -> float:

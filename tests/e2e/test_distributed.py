@@ -17,6 +17,7 @@ from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manag
 pytestmark = pytest.mark.distributed
 
 REDIS_DB_URL = "redis://127.0.0.1:6379/9"  # a database of its own, emptied before and after
+WORKER_POOL_SIZE = 2
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,8 @@ def distributed(tmp_path_factory, tiny_model_dir, database_url, redis_url):
         CHAT_DTYPE="fp32",
     )
     manage(env, "migrate", "--noinput")
-    worker = celery_worker(env, log_dir)
+    # Fewer pooled connections than task threads (4): a reply must not keep one while it streams.
+    worker = celery_worker({**env, "DATABASE_POOL_SIZE": str(WORKER_POOL_SIZE)}, log_dir)
     server = Daphne(env, log_dir)
     yield server, worker, database_url
     server.stop()
@@ -123,3 +125,30 @@ def test_a_burst_of_api_calls_all_complete_within_the_connection_pools(distribut
     assert [status for status, _ in results] == [200] * 72
     assert all(body["choices"][0]["message"]["content"] for _, body in results)
     assert seen[0] <= 2 * 20 + 5
+
+
+def test_replies_beyond_the_worker_connection_pool_are_generated_together(distributed):
+    """The worker has 4 task threads and 2 pooled connections. Each reply hands its connection
+    back while it streams, so all 4 are in the batch at the same time: every reply's first
+    token comes before any reply's last. (When a reply kept its connection, replies 3 and 4
+    waited for 1 and 2 to finish: a worker served at most DATABASE_POOL_SIZE replies at once.)"""
+    server, _, database_url = distributed
+    key = create_api_key(sign_up(server.url, "pooled"))
+
+    async def together():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+            model = (await client.get("/v1/models")).json()["data"][0]["id"]
+            body = {"model": model, "messages": [{"role": "user", "content": "count"}], "max_tokens": 500, "ignore_eos": True}
+            return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for _ in range(4)))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        responses = pool.submit(asyncio.run, together()).result()
+    assert [response.status_code for response in responses] == [200] * 4
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT extract(epoch FROM created_at) + ttft_s, extract(epoch FROM created_at) + ttft_s + decode_s,"
+            " completion_tokens FROM chatsite_message WHERE role = 'assistant' ORDER BY id DESC LIMIT 4"
+        ).fetchall()
+    assert [tokens for _, _, tokens in rows] == [500] * 4
+    first_tokens, last_tokens = [float(row[0]) for row in rows], [float(row[1]) for row in rows]
+    assert max(first_tokens) < min(last_tokens)
