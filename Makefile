@@ -43,7 +43,7 @@ worker: setup
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The engine benchmark (about 5 minutes): prints a table, writes bench/results/$(BENCH_NAME).json.
+# The engine benchmark (about 8 minutes): prints a table, writes bench/results/$(BENCH_NAME).json.
 BENCH_NAME ?= engine
 bench: setup-test
 	$(BIN)/python -m bench.engine --name $(BENCH_NAME)
