@@ -28,9 +28,10 @@ REDIS = "redis://127.0.0.1:6379/7"  # a database of its own, emptied when a dist
 
 
 class HttpBench:
-    """A daphne server of its own (SQLite in a temporary folder, CHAT_MAX_RUNNING=32) and a
-    client for it. The openai client is not used here: its per-chunk parsing would take CPU
-    from the server on this 2-core machine (the tests use it)."""
+    """A daphne server of its own (SQLite in a temporary folder; or PostgreSQL, Redis and a
+    worker process when distributed; CHAT_MAX_RUNNING=32) and a client for it. The openai
+    client is not used here: its per-chunk parsing would take CPU from the server on this
+    2-core machine (the tests use it)."""
 
     def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False) -> None:
         """`settings`: environment variables for the server, over the defaults below.
