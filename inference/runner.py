@@ -4,7 +4,9 @@ runs forward passes over it.
 The running batch is one left-padded KV cache, a row per request. A request joins by a
 prefill of its own tokens whose KV is padded and stacked onto the batch (`prefill`, then
 `commit`); it leaves by dropping its row. Every decode step is one forward pass of
-[batch, 1] tokens.
+[batch, 1] tokens: through `inference.decoder` for Llama-family models, which writes each new
+key and value into spare columns kept at the end of every layer's KV (`SPARE_COLUMNS`), else
+through transformers, whose cache grows by a copy each step.
 """
 from __future__ import annotations
 
@@ -15,9 +17,14 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from inference import decoder
 from inference.attention import use_decode_attention
 
 DEVICES = ("auto", "cpu", "cuda")
+# Columns of KV room kept after the last token when the decode step writes in place: the KV is
+# copied to grow once every this many steps instead of every step. Costs rows × 32 × 22.5 KB
+# for the default model (24 MB at 32 rows); attention reads the empty columns, masked.
+SPARE_COLUMNS = 32
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -65,16 +72,20 @@ _malloc_trim = _libc_malloc_trim()
 class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
-    def __init__(self, model, device: torch.device) -> None:
+    def __init__(self, model, device: torch.device, *, fast_decode: bool = True) -> None:
         self.model = model.to(device)
         self.device = device
         if device.type == "cpu":
             use_decode_attention(self.model)
+        self._decoder = decoder.LlamaDecoder(self.model) if fast_decode and decoder.supports(self.model) else None
+        self._spare = SPARE_COLUMNS if self._decoder else 0
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)
         self.rows: list[int] = []  # request id of each row
         self._lengths: list[int] = []  # real (unpadded) tokens in each row
-        self._cache: DynamicCache | None = None
+        # Per layer [rows, kv_heads, columns + spare room, head_dim]; None while no row runs.
+        self._keys: list[torch.Tensor] | None = None
+        self._values: list[torch.Tensor] | None = None
         self._mask: torch.Tensor | None = None  # [rows, columns]: 1 real token, 0 left padding
         self._padded = False  # whether any row has padding; without, the model needs no mask
         self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
@@ -149,17 +160,30 @@ class ModelRunner:
     @torch.inference_mode()
     def decode(self, tokens: list[int]) -> torch.Tensor:
         """Feed one token per row (in row order); return next-token logits [rows, vocab]."""
+        input_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)  # [rows, 1]
+        positions = torch.tensor(self._lengths, device=self.device).unsqueeze(1)
+        column = self._mask.shape[1]  # where this step's key and value go
         ones = torch.ones((len(self.rows), 1), dtype=self._mask.dtype, device=self.device)
         self._mask = torch.cat([self._mask, ones], dim=1)
-        output = self.model(
-            input_ids=torch.tensor(tokens, device=self.device).unsqueeze(1),  # [rows, 1]
-            attention_mask=self._mask if self._padded else None,
-            position_ids=torch.tensor(self._lengths, device=self.device).unsqueeze(1),
-            cache=self._cache,
-            use_cache=True,
-        )
         self._lengths = [length + 1 for length in self._lengths]
-        return output.logits[:, -1]
+        if self._decoder is None:
+            cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values)))
+            output = self.model(
+                input_ids=input_ids,
+                attention_mask=self._mask if self._padded else None,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
+            self._keys = [layer.keys for layer in cache.layers]
+            self._values = [layer.values for layer in cache.layers]
+            return output.logits[:, -1]
+        if column == self._keys[0].shape[2]:  # no room left: grow by SPARE_COLUMNS
+            self._keys = [self._lay_out([keys], column) for keys in self._keys]
+            self._values = [self._lay_out([values], column) for values in self._values]
+        attend = torch.zeros((len(self.rows), self._keys[0].shape[2]), dtype=torch.bool, device=self.device)
+        attend[:, : column + 1] = self._mask.bool()
+        return self._decoder.step(input_ids, positions, self._keys, self._values, column, attend[:, None, None, :])
 
     def release_free_memory(self) -> None:
         """Hand memory freed by finished requests back to the system. glibc keeps freed KV
@@ -178,36 +202,55 @@ class ModelRunner:
         self.rows = [self.rows[row] for row in keep]
         self._lengths = [self._lengths[row] for row in keep]
         if not keep:
-            self._cache, self._mask, self._padded = None, None, False
+            self._keys, self._values, self._mask, self._padded = None, None, None, False
             return
         index = torch.tensor(keep, device=self.device)
+        columns = self._mask.shape[1]
         self._mask = self._mask.index_select(0, index)
         # Columns that are padding in every remaining row hold nothing: cut them off.
         first_used = int(self._mask.any(dim=0).nonzero()[0])
         self._mask = self._mask[:, first_used:]
         self._padded = not bool(self._mask.all())
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[:, :, first_used:]
-            layer.values = layer.values.index_select(0, index)[:, :, first_used:]
+        width = columns - first_used
+        self._keys = [self._lay_out([keys.index_select(0, index)[:, :, first_used:columns]], width) for keys in self._keys]
+        self._values = [self._lay_out([values.index_select(0, index)[:, :, first_used:columns]], width) for values in self._values]
 
     def clear(self) -> None:
         """Drop every row and anything prefilled but not yet committed."""
         self.rows, self._lengths, self._pending = [], [], []
-        self._cache, self._mask, self._padded = None, None, False
+        self._keys, self._values, self._mask, self._padded = None, None, None, False
 
     def _stack(self, cache: DynamicCache, mask: torch.Tensor) -> None:
         """Append the rows of a freshly prefilled `cache` to the batch, left-padding the
         shorter of the two so that every row ends in the same column."""
-        if self._cache is None:
-            self._cache, self._mask = cache, mask
-            self._padded = not bool(mask.all())
-            return
-        width = max(self._mask.shape[1], mask.shape[1])
-        self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
-        for old, new in zip(self._cache.layers, cache.layers):
-            old.keys = torch.cat([_pad_left(old.keys, width, dim=2), _pad_left(new.keys, width, dim=2)])
-            old.values = torch.cat([_pad_left(old.values, width, dim=2), _pad_left(new.values, width, dim=2)])
+        if self._keys is None:
+            width = mask.shape[1]
+            self._mask = mask
+            self._keys = [self._lay_out([layer.keys], width) for layer in cache.layers]
+            self._values = [self._lay_out([layer.values], width) for layer in cache.layers]
+        else:
+            columns = self._mask.shape[1]
+            width = max(columns, mask.shape[1])
+            self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
+            self._keys = [self._lay_out([old[:, :, :columns], new.keys], width) for old, new in zip(self._keys, cache.layers)]
+            self._values = [self._lay_out([old[:, :, :columns], new.values], width) for old, new in zip(self._values, cache.layers)]
         self._padded = not bool(self._mask.all())
+
+    def _lay_out(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
+        """One layer's KV for the batch: `parts` ([rows, kv_heads, columns, head_dim] each) stacked
+        by row, each right-aligned at column `width` (left padding is zeros), then the spare room.
+        Masked columns must hold zeros, not garbage: attention multiplies them by 0 and NaN × 0
+        is NaN."""
+        if not self._spare and len(parts) == 1 and parts[0].shape[2] == width:
+            return parts[0]
+        first = parts[0]
+        rows = sum(part.shape[0] for part in parts)
+        laid_out = first.new_zeros((rows, first.shape[1], width + self._spare, first.shape[3]))
+        row = 0
+        for part in parts:
+            laid_out[row : row + part.shape[0], :, width - part.shape[2] : width] = part
+            row += part.shape[0]
+        return laid_out
 
 
 def _pad_left(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:

