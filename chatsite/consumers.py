@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
@@ -80,7 +81,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.generating = reply.id
         await self.channel_layer.group_add(generation_group(reply.id), self.channel_name)
         await self._send_json(message_created_frame(user_message, reply, quota.as_dict()))
-        await database_sync_to_async(services.reply_enqueue)(reply=reply)
+        await sync_to_async(services.reply_send, thread_sensitive=False)(reply=reply)  # no database work
 
     async def _stop(self) -> None:
         if self.generating is None:

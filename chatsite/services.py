@@ -26,7 +26,7 @@ def message_send(
     """Count the message against the user's quota, then save it and a pending assistant reply
     after the conversation's current message (a new conversation when `conversation_id` is
     None). Raises QuotaExceeded, or Conversation.DoesNotExist for a conversation the user does
-    not own, having saved nothing. Enqueue the reply with `reply_enqueue`."""
+    not own, having saved nothing. Queue the reply with `reply_send`."""
     quota = quota_consume(user=user, plan=plan)
     if conversation_id is None:
         conversation = Conversation.objects.create(owner=user, title=_title_from(content))
@@ -72,12 +72,12 @@ def api_completion_create(
     return replies, quota
 
 
-def reply_enqueue(*, reply: Message) -> None:
-    """Queue `reply` on its plan's queue with its plan's priority, once the transaction commits."""
+def reply_send(*, reply: Message) -> None:
+    """Queue `reply` on its plan's queue with its plan's priority. Call once the reply is
+    committed and the caller listens to its group; touches no database, so it need not take
+    one of the threads that do."""
     plan = plan_get(reply.plan)
-    transaction.on_commit(
-        lambda: celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
-    )
+    celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
 
 
 class StopOutcome(enum.Enum):

@@ -86,12 +86,9 @@ def test_replies_a_previous_run_left_unfinished_are_closed_keeping_their_text(ma
 
 
 @pytest.mark.parametrize(("plan_code", "queue", "priority"), [("free", "free", 0), ("plus", "plus", 10)])
-def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(
-    make_user, monkeypatch, django_capture_on_commit_callbacks, plan_code, queue, priority
-):
+def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(make_user, monkeypatch, plan_code, queue, priority):
     sent = []
     monkeypatch.setattr(services.celery_app, "send_task", lambda name, **kwargs: sent.append((name, kwargs)))
     _, reply, _ = services.message_send(user=make_user(), plan=plan_get(plan_code), conversation_id=None, content="hi")
-    with django_capture_on_commit_callbacks(execute=True):
-        services.reply_enqueue(reply=reply)
+    services.reply_send(reply=reply)
     assert sent == [("chatsite.tasks.generate_reply", {"args": [reply.id], "queue": queue, "priority": priority})]
