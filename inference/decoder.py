@@ -1,17 +1,18 @@
 """One decode step of a Llama-family model, written for a batch of single new tokens.
 
-transformers' forward is general (any cache, any attention, hooks, output records); a decode
-step of the default model through it took 38.6 ms at batch 1 and 78.5 ms at batch 32 on this
-2-core CPU, and this step 29.2 ms and 69.0 ms over the same weights (`python -m bench.decoder`
-measures both). What it saves: one matmul for q, k and v and one for gate and up (the weights are
-stacked once, the model's own modules keep views into them, so no memory is added); no
+transformers' forward is general (any cache, any attention, hooks, output records); in the
+runner a decode step of the default model through it took 35.6 / 50.1 / 92.6 ms at 1 / 8 / 32
+rows on this 2-core CPU, and through this step 27.7 / 36.9 / 56.8 ms (`python -m
+bench.decoder`). What it saves: one matmul for q, k and v and one for gate and up (the weights
+are stacked once, the model's own modules keep views into them, so no memory is added); no
 per-layer Python machinery; and no copy of the KV cache per step — the runner keeps spare
 columns at the end of every layer's KV and this step writes the new token's key and value into
 the next one, where a growing cache (`torch.cat`) copied all of it, every layer, every step
 (5 ms a step at batch 32 × 100 tokens, 16 ms at 300).
 
-Only models whose forward this reproduces exactly are taken (`supports`); the runner runs any
-other model through transformers. Prefill, whose matmuls are large, stays with transformers.
+Only models whose forward this reproduces (up to the order of bf16 rounding) are taken
+(`supports`); the runner runs any other model through transformers. Prefill, whose matmuls
+are large, stays with transformers.
 """
 from __future__ import annotations
 
