@@ -35,14 +35,18 @@ def test_a_folder_without_a_model_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("fast_decode", [True, False], ids=["llama-decoder", "transformers"])
-def test_every_row_gets_the_logits_of_its_sequence_alone(tiny_model_dir, fast_decode):
-    """Rows of different lengths (left padding), joining and leaving at different steps, for
-    more steps than the spare KV room holds (so it grows): each decode step's logits equal a
-    plain transformers forward pass over that row's sequence by itself."""
+@pytest.mark.parametrize("shared_prefix", [False, True], ids=["", "shared-prefix"])
+def test_every_row_gets_the_logits_of_its_sequence_alone(tiny_model_dir, fast_decode, shared_prefix):
+    """Rows of different lengths (left padding), some starting with the shared prefix, joining
+    and leaving at different steps, for more steps than the spare KV room holds (so it grows):
+    the logits of each prefill and each decode step equal a plain transformers forward pass
+    over that row's sequence by itself."""
     model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
     runner = ModelRunner(model, torch.device("cpu"), fast_decode=fast_decode)
     assert (runner._decoder is not None) is fast_decode
-    sequences = {1: [5, 6, 7, 8, 9, 10, 11], 2: [12, 13, 14], 3: [20, 21, 22, 23, 24], 4: [40, 41]}
+    if shared_prefix:
+        runner.set_shared_prefix([5, 6, 7])
+    sequences = {1: [5, 6, 7, 8, 9, 10, 11], 2: [12, 13, 14], 3: [20, 21, 22, 23, 24], 4: [5, 6, 7, 40, 41]}
     joins = {1: [3], SPARE_COLUMNS + 6: [4]}
     leaves = {2: [2], SPARE_COLUMNS + 8: [1]}
 
@@ -50,12 +54,16 @@ def test_every_row_gets_the_logits_of_its_sequence_alone(tiny_model_dir, fast_de
         with torch.inference_mode():
             return model(input_ids=torch.tensor([tokens])).logits[0, -1]
 
-    runner.prefill({1: sequences[1], 2: sequences[2]})
-    runner.commit()
+    def join(request_ids):
+        logits = runner.prefill({request_id: sequences[request_id] for request_id in request_ids})
+        for row, request_id in enumerate(request_ids):
+            torch.testing.assert_close(logits[row], alone(sequences[request_id]), atol=1e-4, rtol=1e-4)
+        runner.commit()
+
+    join([1, 2])
     for step in range(SPARE_COLUMNS + 12):
-        for request_id in joins.get(step, []):
-            runner.prefill({request_id: sequences[request_id]})
-            runner.commit()
+        if step in joins:
+            join(joins[step])
         for request_id in leaves.get(step, []):
             runner.remove({request_id})
             del sequences[request_id]
