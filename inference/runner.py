@@ -73,6 +73,7 @@ class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
     def __init__(self, model, device: torch.device, *, fast_decode: bool = True) -> None:
+        """`fast_decode=False`: decode through transformers even where `inference.decoder` could."""
         self.model = model.to(device)
         self.device = device
         if device.type == "cpu":
@@ -212,8 +213,8 @@ class ModelRunner:
         self._mask = self._mask[:, first_used:]
         self._padded = not bool(self._mask.all())
         width = columns - first_used
-        self._keys = [self._lay_out([keys.index_select(0, index)[:, :, first_used:columns]], width) for keys in self._keys]
-        self._values = [self._lay_out([values.index_select(0, index)[:, :, first_used:columns]], width) for values in self._values]
+        self._keys = [self._lay_out([keys[:, :, first_used:columns].index_select(0, index)], width) for keys in self._keys]
+        self._values = [self._lay_out([values[:, :, first_used:columns].index_select(0, index)], width) for values in self._values]
 
     def clear(self) -> None:
         """Drop every row and anything prefilled but not yet committed."""
