@@ -1,7 +1,7 @@
 """`python -m bench.decoder`: the runner's decode step for the default model through transformers
 and through `inference.decoder`, at 1, 8 and 32 rows (prompts of 40–69 tokens, 64 greedy steps
-each, median ms a step). The two paths run one after the other in one process, each with a
-freshly loaded model."""
+each, median ms a step), alternated three times; each path has a model of its own. Prints the
+median and the range of the three runs' medians."""
 from __future__ import annotations
 
 import statistics
@@ -13,6 +13,7 @@ from inference.loading import load_model, resolve_model_source
 from inference.runner import ModelRunner
 
 STEPS = 64
+ROUNDS = 3
 
 
 def step_times(runner: ModelRunner, rows: int) -> float:
@@ -31,11 +32,18 @@ def step_times(runner: ModelRunner, rows: int) -> float:
 
 
 def main() -> None:
-    for fast_decode, label in ((False, "transformers"), (True, "inference.decoder")):
-        runner = ModelRunner(load_model(resolve_model_source(""), dtype=torch.bfloat16), torch.device("cpu"), fast_decode=fast_decode)
-        for rows in (1, 8, 32):
-            print(f"{label:>18}, {rows:>2} rows: {step_times(runner, rows) * 1000:.1f} ms a step", flush=True)
-        del runner
+    runners = {
+        label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.bfloat16), torch.device("cpu"), fast_decode=fast)
+        for label, fast in (("transformers", False), ("inference.decoder", True))
+    }
+    for rows in (1, 8, 32):
+        seconds: dict[str, list[float]] = {label: [] for label in runners}
+        for _ in range(ROUNDS):  # alternated: this machine's speed drifts within a minute
+            for label, runner in runners.items():
+                seconds[label].append(step_times(runner, rows))
+        print(f"{rows:>2} rows: " + ", ".join(
+            f"{label} {statistics.median(s) * 1000:.1f} ms ({min(s) * 1000:.1f}–{max(s) * 1000:.1f})" for label, s in seconds.items()
+        ), flush=True)
 
 
 if __name__ == "__main__":

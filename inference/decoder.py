@@ -1,9 +1,9 @@
 """One decode step of a Llama-family model, written for a batch of single new tokens.
 
 transformers' forward is general (any cache, any attention, hooks, output records); in the
-runner a decode step of the default model through it took 35.6 / 50.1 / 92.6 ms at 1 / 8 / 32
-rows on this 2-core CPU, and through this step 27.7 / 36.9 / 56.8 ms (`python -m
-bench.decoder`). What it saves: one matmul for q, k and v and one for gate and up (the weights
+runner a decode step of the default model through it took 27.3 / 52.8 / 63.2 ms at 1 / 8 / 32
+rows on this 2-core CPU, and through this step 24.3 / 37.0 / 45.0 ms (`python -m
+bench.decoder`, the two alternated; a second run 26.1 / 35.2 / 66.1 against 21.4 / 31.8 / 55.9). What it saves: one matmul for q, k and v and one for gate and up (the weights
 are stacked once, the model's own modules keep views into them, so no memory is added); no
 per-layer Python machinery; and no copy of the KV cache per step — the runner keeps spare
 columns at the end of every layer's KV and this step writes the new token's key and value into
@@ -38,7 +38,6 @@ class LlamaDecoder:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.eps = config.rms_norm_eps
         self.layers = [_fuse(layer) for layer in model.model.layers]
 
     @torch.inference_mode()
@@ -60,7 +59,7 @@ class LlamaDecoder:
         hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
         cos, sin = self.model.model.rotary_emb(hidden, positions)
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
-            qkv = F.linear(self._norm(hidden, layer.input_norm), layer.qkv, layer.qkv_bias)
+            qkv = F.linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
             query = qkv[..., :q_size].view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
             key = qkv[..., q_size : q_size + kv_size].view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             value = qkv[..., q_size + kv_size :].view(rows, self.kv_heads, self.head_dim)
@@ -73,16 +72,10 @@ class LlamaDecoder:
             probabilities = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(layer_values.dtype)
             attention = torch.matmul(probabilities, layer_values).reshape(rows, 1, q_size)
             hidden = hidden + F.linear(attention, layer.o, layer.o_bias)
-            gate, up = F.linear(self._norm(hidden, layer.post_norm), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            gate, up = F.linear(layer.post_norm(hidden), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
         hidden = self.model.model.norm(hidden)
         return self.model.lm_head(hidden)[:, -1]
-
-    def _norm(self, hidden: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """LlamaRMSNorm: in float32, scaled back in the model's dtype."""
-        as_float = hidden.float()
-        as_float = as_float * torch.rsqrt(as_float.pow(2).mean(-1, keepdim=True) + self.eps)
-        return weight * as_float.to(hidden.dtype)
 
 
 class _Layer:
@@ -94,7 +87,7 @@ def _fuse(layer) -> _Layer:
     them, so prefill through transformers reads the same memory."""
     attention, mlp = layer.self_attn, layer.mlp
     fused = _Layer()
-    fused.input_norm, fused.post_norm = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+    fused.input_norm, fused.post_norm = layer.input_layernorm, layer.post_attention_layernorm  # the model's RMSNorm
     fused.qkv, fused.qkv_bias = _stack(attention.q_proj, attention.k_proj, attention.v_proj)
     fused.gate_up, fused.gate_up_bias = _stack(mlp.gate_proj, mlp.up_proj)
     fused.o, fused.o_bias = attention.o_proj.weight, attention.o_proj.bias
