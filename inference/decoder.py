@@ -3,8 +3,9 @@
 transformers' forward is general (any cache, any attention, hooks, output records); in the
 runner a decode step of the default model through it took 27.3 / 52.8 / 63.2 ms at 1 / 8 / 32
 rows on this 2-core CPU, and through this step 24.3 / 37.0 / 45.0 ms (`python -m
-bench.decoder`, the two alternated; a second run 26.1 / 35.2 / 66.1 against 21.4 / 31.8 / 55.9). What it saves: one matmul for q, k and v and one for gate and up (the weights
-are stacked once, the model's own modules keep views into them, so no memory is added); no
+bench.decoder`, the two alternated; a second run 26.1 / 35.2 / 66.1 against 21.4 / 31.8 /
+55.9). What it saves: one matmul for q, k and v and one for gate and up (the weights are
+stacked once, the model's own modules keep views into them, so no memory is added); no
 per-layer Python machinery; and no copy of the KV cache per step — the runner keeps spare
 columns at the end of every layer's KV and this step writes the new token's key and value into
 the next one, where a growing cache (`torch.cat`) copied all of it, every layer, every step

@@ -180,8 +180,7 @@ class ModelRunner:
             self._values = [layer.values for layer in cache.layers]
             return output.logits[:, -1]
         if column == self._keys[0].shape[2]:  # no room left: grow by SPARE_COLUMNS
-            self._keys = [self._lay_out([keys], column) for keys in self._keys]
-            self._values = [self._lay_out([values], column) for values in self._values]
+            self._each_kv(lambda kv: self._lay_out([kv], column))
         attend = torch.zeros((len(self.rows), self._keys[0].shape[2]), dtype=torch.bool, device=self.device)
         attend[:, : column + 1] = self._mask.bool()
         return self._decoder.step(input_ids, positions, self._keys, self._values, column, attend[:, None, None, :])
@@ -213,8 +212,7 @@ class ModelRunner:
         self._mask = self._mask[:, first_used:]
         self._padded = not bool(self._mask.all())
         width = columns - first_used
-        self._keys = [self._lay_out([keys[:, :, first_used:columns].index_select(0, index)], width) for keys in self._keys]
-        self._values = [self._lay_out([values[:, :, first_used:columns].index_select(0, index)], width) for values in self._values]
+        self._each_kv(lambda kv: self._lay_out([kv[:, :, first_used:columns].index_select(0, index)], width))
 
     def clear(self) -> None:
         """Drop every row and anything prefilled but not yet committed."""
@@ -236,6 +234,11 @@ class ModelRunner:
             self._keys = [self._lay_out([old[:, :, :columns], new.keys], width) for old, new in zip(self._keys, cache.layers)]
             self._values = [self._lay_out([old[:, :, :columns], new.values], width) for old, new in zip(self._values, cache.layers)]
         self._padded = not bool(self._mask.all())
+
+    def _each_kv(self, relayout) -> None:
+        """Replace every layer's keys and values by `relayout` of them."""
+        self._keys = [relayout(keys) for keys in self._keys]
+        self._values = [relayout(values) for values in self._values]
 
     def _lay_out(self, parts: list[torch.Tensor], width: int) -> torch.Tensor:
         """One layer's KV for the batch: `parts` ([rows, kv_heads, columns, head_dim] each) stacked
