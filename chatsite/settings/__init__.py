@@ -157,3 +157,11 @@ from chatsite.settings.channels import *  # noqa: E402,F401,F403
 from chatsite.settings.celery import *  # noqa: E402,F401,F403
 from chatsite.settings.inference import *  # noqa: E402,F401,F403
 from chatsite.settings.billing import *  # noqa: E402,F401,F403
+
+if DATABASES["default"]["ENGINE"] == "chatsite.sqlite":
+    # Celery's Django fix-up closes every connection of the task's thread before and after
+    # each task, so each reply opened a new SQLite connection (milliseconds of GIL for the
+    # ~50 SQL functions Django registers). Kept instead; CONN_MAX_AGE still retires them
+    # (chatsite/generation.py). Not with PostgreSQL: there closing is handing the pooled
+    # connection back, which another task thread is waiting for.
+    CELERY_DB_REUSE_MAX = 1_000_000
