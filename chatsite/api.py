@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from channels.db import DatabaseSyncToAsync
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.http import HttpRequest, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -46,6 +47,14 @@ def _in_db_thread(func):
 
 def _error(error: wire.ApiError) -> JsonResponse:
     return JsonResponse(error.body(), status=error.status)
+
+
+def _check_host(request: HttpRequest) -> None:
+    """ALLOWED_HOSTS, which no middleware checks on /v1/ (chatsite/asgi.py)."""
+    try:
+        request.get_host()
+    except DisallowedHost:
+        raise wire.ApiError(400, "This server does not answer to that host name.", code="invalid_host") from None
 
 
 def _authenticate(request: HttpRequest):
@@ -93,6 +102,7 @@ async def _enqueue(replies) -> None:
 @csrf_exempt
 async def models(request: HttpRequest) -> JsonResponse:
     try:
+        _check_host(request)
         if request.method != "GET":
             raise wire.ApiError(405, "Use GET for /v1/models.")
         await _in_db_thread(_authenticate)(request)
@@ -106,6 +116,7 @@ async def models(request: HttpRequest) -> JsonResponse:
 @csrf_exempt
 async def chat_completions(request: HttpRequest):
     try:
+        _check_host(request)
         if request.method != "POST":
             raise wire.ApiError(405, "Use POST for /v1/chat/completions.")
         user, parsed, replies, quota = await _accept(request)

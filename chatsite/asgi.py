@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, /ws/ through Channels. Served by Daphne."""
+"""ASGI entry point: /v1/ (the API) through a Django handler of its own, the rest of HTTP
+through Django's, /ws/ through Channels. Served by Daphne."""
 import os
 
 from django.core.asgi import get_asgi_application
@@ -9,12 +10,39 @@ django_asgi_app = get_asgi_application()  # before importing consumers: it sets 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
 from chatsite.routing import websocket_urlpatterns  # noqa: E402
 
+API_PREFIX = "/v1/"
+
+
+class ApiHandler(ASGIHandler):
+    """Django's ASGI handler without the middleware stack, for /v1/ only: the API answers API
+    keys, not sessions, so sessions, auth, CSRF, messages, clickjacking and static files have
+    nothing to do there, and each of them costs every call thread hops (WhiteNoise is sync
+    only; Django's own middleware runs its hooks through sync_to_async). What it changed: the
+    README's Benchmarks. The API's views check the Host header themselves (ALLOWED_HOSTS)."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+
+api_asgi_app = ApiHandler()
+
+
+async def http_app(scope, receive, send):
+    app = api_asgi_app if scope["path"].startswith(API_PREFIX) else django_asgi_app
+    await app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_app,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
