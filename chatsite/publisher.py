@@ -1,18 +1,22 @@
 """Workers → sockets: typed messages on the channel-layer group `gen.<message_id>`.
 
-All sends go through one asyncio loop per process. In the embedded mode that is the server's
-own loop, because InMemoryChannelLayer's queues belong to it; elsewhere a small loop thread
-of our own, so channels_redis keeps one connection pool instead of one per call.
+All sends go through one asyncio loop per process, in the order they were published, without
+the caller waiting. In the embedded mode that loop is the server's own, because
+InMemoryChannelLayer's queues belong to it; elsewhere a small loop thread of our own, so
+channels_redis keeps one connection pool instead of one per call.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Literal, TypedDict
 
 from channels.layers import get_channel_layer
 
-SEND_TIMEOUT_S = 10.0
+logger = logging.getLogger(__name__)
+
+SEND_TIMEOUT_S = 10.0  # one send; past it the frame is dropped and the queue moves on
 
 
 class TokenPayload(TypedDict):
@@ -62,12 +66,43 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
 
 
 def publish(message_id: int, payload: Payload) -> None:
-    """Send `payload` to everyone watching `message_id`; blocks until the layer took it."""
+    """Send `payload` to everyone watching `message_id`, after everything published before it
+    in this process. Returns at once: the payload is queued, and the publishing loop sends the
+    queue in order. Waiting for each send cost the calling thread a wake-up per frame, and 32
+    replies' threads waking that way took the CPU from the model: queued, one burst of 32
+    streams went from 81 % to 86 % of the engine alone (README, Benchmarks)."""
+    global _flushing_on
+    loop = _publishing_loop()
+    with _pending_lock:
+        _pending.append((message_id, dict(payload)))
+        start = _flushing_on is not loop
+        _flushing_on = loop
+    if start:
+        loop.call_soon_threadsafe(loop.create_task, _flush())
+
+
+_pending: list[tuple[int, dict]] = []
+_pending_lock = threading.Lock()
+_flushing_on: asyncio.AbstractEventLoop | None = None  # the loop whose _flush is running or due
+
+
+async def _flush() -> None:
+    """Send the queue, oldest first, until it is empty. One at a time per loop, so each
+    group's messages arrive in the order they were published."""
+    global _flushing_on
     layer = get_channel_layer()
-    future = asyncio.run_coroutine_threadsafe(
-        layer.group_send(generation_group(message_id), dict(payload)), _publishing_loop()
-    )
-    future.result(SEND_TIMEOUT_S)
+    while True:
+        with _pending_lock:
+            if not _pending:
+                _flushing_on = None
+                return
+            batch = _pending[:]
+            _pending.clear()
+        for message_id, payload in batch:
+            try:
+                await asyncio.wait_for(layer.group_send(generation_group(message_id), payload), SEND_TIMEOUT_S)
+            except Exception:  # the layer is down or full: this frame is lost, the database keeps the text
+                logger.warning("could not publish %s for message %s", payload["type"], message_id, exc_info=True)
 
 
 def publish_token(message_id: int, *, text: str, index: int) -> None:
