@@ -29,7 +29,12 @@ class ApiHandler(ASGIHandler):
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+        self._middleware_chain = convert_exception_to_response(self._get_api_response)
+
+    async def _get_api_response(self, request):
+        response = await self._get_response_async(request)
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")  # as SecurityMiddleware does
+        return response
 
 
 api_asgi_app = ApiHandler()

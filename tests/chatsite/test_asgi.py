@@ -20,6 +20,7 @@ async def test_the_api_answers_without_the_page_middleware():
     assert status == 401
     assert json.loads(body)["error"]["code"] == "invalid_api_key"
     assert b"X-Frame-Options" not in headers and b"Set-Cookie" not in headers
+    assert headers[b"X-Content-Type-Options"] == b"nosniff"
 
 
 @pytest.mark.asyncio
