@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 def reply_generate(*, message_id: int) -> None:
     """Generate the reply `message_id` if it is still pending; otherwise do nothing."""
+    # As Django does at each request: a connection kept from an earlier task on this thread
+    # (SQLite: CELERY_DB_REUSE_MAX) is dropped if that task left it broken or it is too old.
+    _release_connection()
     claimed = Message.objects.filter(
         id=message_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
     ).update(status=Message.Status.STREAMING, updated_at=timezone.now())
