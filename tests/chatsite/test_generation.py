@@ -124,7 +124,8 @@ def test_a_database_error_before_the_claim_runs_the_task_again(make_user, monkey
 
 def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user, slow_engine, settings, monkeypatch):
     """The first text is published as soon as it exists; after it, the task looks once per
-    CHAT_STREAM_INTERVAL_S (here longer than the whole answer), so the rest is one frame."""
+    CHAT_STREAM_INTERVAL_S (here 60 s, four times the whole answer), at the process's frame
+    ticks: the rest is one frame, or two where a tick falls inside the answer."""
     from chatsite import generation
 
     settings.CHAT_STREAM_INTERVAL_S = 60.0
@@ -133,8 +134,8 @@ def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user,
     _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
-    assert reply.completion_tokens > 2
-    assert 1 <= len(frames) <= 2
+    assert reply.completion_tokens > 3
+    assert 1 <= len(frames) <= 3
     assert frames[0][0] == 0
     assert "".join(text for _, text in frames) == reply.content
 
@@ -151,10 +152,23 @@ def test_the_stream_interval_stretches_so_that_all_replies_together_keep_to_the_
     assert stream_interval_s(500) == 0.1
 
 
+def test_every_reply_of_the_process_waits_for_the_same_frame_tick(settings):
+    from chatsite.generation import until_next_frame_s
+
+    settings.CHAT_STREAM_INTERVAL_S = 0.1
+    settings.CHAT_STREAM_FRAMES_PER_S = 100.0
+    # Two replies looking at different moments of one interval wake at the same tick, 10.1 s.
+    assert 10.03 + until_next_frame_s(4, now=10.03) == pytest.approx(10.1)
+    assert 10.08 + until_next_frame_s(4, now=10.08) == pytest.approx(10.1)
+    # 32 replies: ticks 0.32 s apart.
+    assert 10.0 + until_next_frame_s(32, now=10.0) == pytest.approx(10.24)
+
+
 @pytest.mark.parametrize("frames_per_s, few", [(1 / 60, True), (0.0, False)])
 def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_engine, settings, monkeypatch, frames_per_s, few):
     """Tokens come every 20 ms and the interval is 10 ms; a budget of one frame a minute
-    stretches the one reply's interval past the whole answer, no budget leaves a frame a token."""
+    stretches the one reply's interval past the whole answer (a frame for the first token, at
+    most one at a tick, the rest at the end), no budget leaves a frame a token."""
     from chatsite import generation
 
     settings.CHAT_STREAM_INTERVAL_S = 0.01
@@ -165,5 +179,5 @@ def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_en
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
     assert reply.completion_tokens > 4
-    assert (len(frames) <= 2) is few
+    assert (len(frames) <= 3) is few
     assert "".join(frames) == reply.content
