@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
-from bench.engine import concurrent, finish_of, greedy, prompt_ids
+from bench.engine import concurrent
 from inference import Engine, EngineConfig
 
 STREAMS = 32
-
-
-def staggered(engine: Engine, gap_s: float) -> float:
-    """Aggregate tokens/s of STREAMS requests submitted `gap_s` apart, from the first submission."""
-    started = time.time()
-    requests = []
-    for i in range(STREAMS):
-        requests.append(engine.submit(prompt_ids(engine, i), greedy(), arrival_time=started))
-        time.sleep(gap_s)
-    finishes = [finish_of(request) for request in requests]
-    return sum(f.usage.completion_tokens for f in finishes) / (time.time() - started)
 
 
 def main() -> None:
@@ -36,7 +24,7 @@ def main() -> None:
         concurrent(engine, 2)  # warm-up
         for round_ in range(args.rounds):
             together.append(concurrent(engine, STREAMS)["tok_s"])
-            spread.append(staggered(engine, args.gap_ms / 1000))
+            spread.append(concurrent(engine, STREAMS, gap_s=args.gap_ms / 1000)["tok_s"])
             print(f"round {round_}: together {together[-1]:.0f} tok/s  {args.gap_ms:g} ms apart {spread[-1]:.0f} tok/s "
                   f"({spread[-1] / together[-1]:.0%})", flush=True)
         print(f"medians: together {statistics.median(together):.1f}  apart {statistics.median(spread):.1f} tok/s "

@@ -113,10 +113,15 @@ def _generate_batch_run() -> float:
     return generated / (time.perf_counter() - started)
 
 
-def concurrent(engine: Engine, n: int, *, offset: int = 0) -> dict:
-    """(b) n requests submitted together; aggregate tokens/s and time to first token."""
+def concurrent(engine: Engine, n: int, *, offset: int = 0, gap_s: float = 0.0) -> dict:
+    """(b) n requests submitted together (or `gap_s` apart, from the first submission);
+    aggregate tokens/s and time to first token."""
     started = time.time()
-    requests = [engine.submit(prompt_ids(engine, offset + i), greedy(), arrival_time=started) for i in range(n)]
+    requests = []
+    for i in range(n):
+        requests.append(engine.submit(prompt_ids(engine, offset + i), greedy(), arrival_time=started))
+        if gap_s:
+            time.sleep(gap_s)
     finishes = [finish_of(request) for request in requests]
     elapsed = time.time() - started
     ttfts = sorted(f.usage.ttft_s for f in finishes)
