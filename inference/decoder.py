@@ -17,6 +17,8 @@ are large, stays with transformers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -50,15 +52,19 @@ class LlamaDecoder:
         values: list[torch.Tensor],
         column: int,
         mask: torch.Tensor,
+        between_layers: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         """tokens and positions [rows, 1]; keys and values per layer [rows, kv_heads, capacity,
         head_dim], written at `column`; mask [rows, 1, 1, capacity], True where a row attends
-        (its real tokens up to and including `column`). Returns next-token logits [rows, vocab]."""
+        (its real tokens up to and including `column`). Returns next-token logits [rows, vocab].
+        `between_layers` is called after every layer but the last: the engine prefills an urgent
+        request there instead of making it wait for the whole step."""
         rows = tokens.shape[0]
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         group = self.heads // self.kv_heads
         hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
         cos, sin = self.model.model.rotary_emb(hidden, positions)
+        last = self.layers[-1]
         for layer, layer_keys, layer_values in zip(self.layers, keys, values):
             qkv = F.linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
             query = qkv[..., :q_size].view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
@@ -75,6 +81,8 @@ class LlamaDecoder:
             hidden = hidden + F.linear(attention, layer.o, layer.o_bias)
             gate, up = F.linear(layer.post_norm(hidden), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            if between_layers is not None and layer is not last:
+                between_layers()
         hidden = self.model.model.norm(hidden)
         return self.model.lm_head(hidden)[:, -1]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -159,8 +160,10 @@ class ModelRunner:
         self._pending = []
 
     @torch.inference_mode()
-    def decode(self, tokens: list[int]) -> torch.Tensor:
-        """Feed one token per row (in row order); return next-token logits [rows, vocab]."""
+    def decode(self, tokens: list[int], between_layers: Callable[[], None] | None = None) -> torch.Tensor:
+        """Feed one token per row (in row order); return next-token logits [rows, vocab].
+        `between_layers` (through `inference.decoder` only) runs between layers of the step and
+        may `prefill` other sequences there; the batch's own KV is not touched by that."""
         input_ids = torch.tensor(tokens, device=self.device).unsqueeze(1)  # [rows, 1]
         positions = torch.tensor(self._lengths, device=self.device).unsqueeze(1)
         column = self._mask.shape[1]  # where this step's key and value go
@@ -183,7 +186,9 @@ class ModelRunner:
             self._each_kv(lambda kv: self._lay_out([kv], column))
         attend = torch.zeros((len(self.rows), self._keys[0].shape[2]), dtype=torch.bool, device=self.device)
         attend[:, : column + 1] = self._mask.bool()
-        return self._decoder.step(input_ids, positions, self._keys, self._values, column, attend[:, None, None, :])
+        return self._decoder.step(
+            input_ids, positions, self._keys, self._values, column, attend[:, None, None, :], between_layers
+        )
 
     def release_free_memory(self) -> None:
         """Hand memory freed by finished requests back to the system. glibc keeps freed KV
@@ -213,6 +218,21 @@ class ModelRunner:
         self._padded = not bool(self._mask.all())
         width = columns - first_used
         self._each_kv(lambda kv: self._lay_out([kv[:, :, first_used:columns].index_select(0, index)], width))
+
+    def drop_pending(self, request_ids: set[int]) -> None:
+        """Forget what was prefilled for these requests and not yet committed."""
+        kept = []
+        for cache, mask, ids, lengths in self._pending:
+            rows = [row for row, request_id in enumerate(ids) if request_id not in request_ids]
+            if len(rows) < len(ids) and rows:
+                index = torch.tensor(rows, device=self.device)
+                cache = DynamicCache(ddp_cache_data=[
+                    (layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers
+                ])
+                mask, ids, lengths = mask.index_select(0, index), [ids[r] for r in rows], [lengths[r] for r in rows]
+            if rows:
+                kept.append((cache, mask, ids, lengths))
+        self._pending = kept
 
     def clear(self) -> None:
         """Drop every row and anything prefilled but not yet committed."""

@@ -64,6 +64,37 @@ class Scheduler:
             schedule.preempted.append(self._preempt(victim))
         return schedule
 
+    def outranks_running(self, priority: int) -> bool:
+        return any(request.priority < priority for request in self.running)
+
+    def outranking(self) -> list[Request]:
+        """The waiting requests that the next `schedule` would admit ahead of a running one,
+        highest first: each takes a free slot, else the place of a lower-priority running
+        request (the KV cap aside, which `schedule` still applies)."""
+        if not self.running:
+            return []
+        lowest = min(request.priority for request in self.running)
+        room = self.max_running - len(self.running)
+        victims = sorted(request.priority for request in self.running)
+        chosen = []
+        for _, _, request in sorted(self._waiting):
+            if request.priority <= lowest:
+                break
+            if room:
+                room -= 1
+            elif victims and victims[0] < request.priority:
+                victims.pop(0)
+            else:
+                break
+            chosen.append(request)
+        return chosen
+
+    def discard(self, request: Request) -> None:
+        """Take a waiting request out (it finished before it was admitted)."""
+        self._waiting = [entry for entry in self._waiting if entry[2] is not request]
+        heapq.heapify(self._waiting)
+        self._order.pop(request.id, None)
+
     def take_cancelled(self) -> list[Request]:
         """Remove and return every request, waiting or running, whose cancel was asked for."""
         cancelled = [request for request in self.running if request.cancel_requested]

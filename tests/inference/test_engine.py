@@ -205,3 +205,97 @@ def test_the_shared_prefix_cache_changes_no_answer(tiny_engine_config):
     finally:
         cached.shutdown()
         plain.shutdown()
+
+
+def _submit_plus_mid_step(engine, frees, params, *, after=None):
+    """Submit a Plus request from inside the engine's thread, between two layers of a decode
+    step of `frees` (once each has 2 tokens); record the Free lengths then and at the Plus
+    request's first token. `after(plus)` runs right after the engine's own between-layers work."""
+    seen = {}
+    original = engine._interject
+
+    def interject():
+        if "plus" not in seen and all(len(f.output_ids) >= 2 for f in frees):
+            plus = engine.submit(prompt(engine, "plus"), params, priority=10)
+            seen["plus"], seen["at_submit"] = plus, [len(f.output_ids) for f in frees]
+            emit = plus.emit
+
+            def recording_emit(event):
+                seen.setdefault("at_first_token", [len(f.output_ids) for f in frees])
+                emit(event)
+
+            plus.emit = recording_emit
+            original()
+            if after:
+                after(plus)
+            return
+        original()
+
+    engine._interject = interject
+    return seen
+
+
+def test_a_plus_request_gets_its_first_token_within_the_decode_step_under_way(tiny_engine_config):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=2))
+    try:
+        greedy, short = SamplingParams(temperature=0, max_new_tokens=40), SamplingParams(temperature=0, max_new_tokens=8)
+        alone = {text: run(engine.submit(prompt(engine, text), params))[0]
+                 for text, params in (("one", greedy), ("two", greedy), ("plus", short))}
+        frees = [engine.submit(prompt(engine, text), greedy, priority=0) for text in ("one", "two")]
+        seen = _submit_plus_mid_step(engine, frees, short)
+        plus_text, _, plus_finish = run(_wait_for(seen, "plus"))
+        assert seen["at_first_token"] == seen["at_submit"]  # no step of the Free rows ended first
+        assert plus_finish.status is RequestStatus.DONE and plus_text == alone["plus"]
+        assert plus_finish.usage.completion_tokens == 8 and plus_finish.usage.compute_s > 0
+        assert [run(free)[0] for free in frees] == [alone["one"], alone["two"]]  # the preempted one resumed intact
+        assert sum(f.preemptions for f in frees) == 1
+        requests = frees + [seen["plus"]]
+        assert engine.snapshot().busy_s >= sum(r.usage.compute_s for r in requests)
+    finally:
+        engine.shutdown()
+
+
+def _wait_for(seen, key, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while key not in seen:
+        assert time.monotonic() < deadline, f"{key} never came"
+        time.sleep(0.01)
+    return seen[key]
+
+
+def test_compute_seconds_still_sum_to_busy_time_with_a_request_prefilled_mid_step(tiny_engine_config):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=2))
+    try:
+        greedy = SamplingParams(temperature=0, max_new_tokens=30)
+        frees = [engine.submit(prompt(engine, text), greedy) for text in ("one", "two")]
+        seen = _submit_plus_mid_step(engine, frees, SamplingParams(temperature=0, max_new_tokens=5))
+        plus = _wait_for(seen, "plus")
+        total = sum(run(request)[2].usage.compute_s for request in [*frees, plus])
+        assert seen["at_first_token"] == seen["at_submit"]
+        assert total == pytest.approx(engine.snapshot().busy_s, rel=1e-9)
+    finally:
+        engine.shutdown()
+
+
+@pytest.mark.parametrize("case", ["cancelled before it joins", "done at its first token"])
+def test_a_request_prefilled_mid_step_that_never_joins_leaves_no_row_behind(tiny_engine_config, case):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=2))
+    try:
+        greedy = SamplingParams(temperature=0, max_new_tokens=30)
+        alone = [run(engine.submit(prompt(engine, text), greedy))[0] for text in ("one", "two")]
+        frees = [engine.submit(prompt(engine, text), greedy) for text in ("one", "two")]
+        tokens = 1 if case == "done at its first token" else 20
+        after = (lambda plus: plus.cancel("stop")) if case == "cancelled before it joins" else None
+        seen = _submit_plus_mid_step(engine, frees, SamplingParams(temperature=0, max_new_tokens=tokens), after=after)
+        text, events, finish = run(_wait_for(seen, "plus"))
+        assert len(events) == 1 and text  # its first token went out either way
+        expected = RequestStatus.STOPPED if after else RequestStatus.DONE
+        assert finish.status is expected and finish.usage.completion_tokens == 1
+        assert [run(free)[0] for free in frees] == alone  # nobody lost text, nobody was preempted
+        assert sum(f.preemptions for f in frees) == 0
+        assert engine.runner.rows == [] and engine.runner._pending == []
+        assert not engine.snapshot().waiting
+    finally:
+        engine.shutdown()

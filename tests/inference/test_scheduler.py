@@ -93,3 +93,31 @@ def test_cancelled_requests_are_taken_out_of_both_queues():
     assert set(scheduler.take_cancelled()) == {running, waiting}
     assert scheduler.running == []
     assert scheduler.waiting == [kept]
+
+
+def test_outranking_lists_the_waiting_requests_the_next_schedule_admits_ahead_of_running_ones():
+    scheduler = Scheduler(max_running=3, max_kv_tokens=1000)
+    running = [request(0), request(0), request(10)]
+    for r in running:
+        scheduler.add(r)
+    scheduler.schedule()
+    plus_1, plus_2, mid, free = request(10), request(10), request(5), request(0)
+    for r in (free, mid, plus_2, plus_1):
+        scheduler.add(r)
+    assert scheduler.outranks_running(5) and not scheduler.outranks_running(0)
+    # the two Plus requests take the two Free places; nothing below 10 is left for the 5
+    assert scheduler.outranking() == [plus_2, plus_1]
+    assert scheduler.schedule().admitted == [plus_2, plus_1]
+    scheduler.discard(mid)
+    assert scheduler.waiting[-1] is not mid and mid not in scheduler.waiting
+
+
+def test_outranking_takes_free_slots_only_for_requests_above_every_running_priority():
+    scheduler = Scheduler(max_running=3, max_kv_tokens=1000)
+    scheduler.add(request(0))
+    scheduler.schedule()
+    free, plus = request(0), request(10)
+    scheduler.add(free)
+    assert scheduler.outranking() == []  # a Free arrival waits for the step, room or not
+    scheduler.add(plus)
+    assert scheduler.outranking() == [plus]
