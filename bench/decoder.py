@@ -1,16 +1,20 @@
 """`python -m bench.decoder`: the runner's decode step for the default model through transformers
 and through `inference.decoder`, at 1, 8 and 32 rows (prompts of 40–69 tokens, 64 greedy steps
 each, median ms a step), alternated three times; each path has a model of its own. Prints the
-median and the range of the three runs' medians."""
+median and the range of the three runs' medians. In the dtype CHAT_DTYPE=auto picks here.
+
+`python -m bench.decoder --small-batch`: `inference.decoder` in fp32 against the same with
+a bf16 copy of the weights for small steps (`SMALL_BATCH_ROWS`), at 1–5 and 8 rows."""
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
 import torch
 
 from inference.loading import load_model, resolve_model_source
-from inference.runner import ModelRunner
+from inference.runner import ModelRunner, pick_dtype
 
 STEPS = 64
 ROUNDS = 3
@@ -32,11 +36,21 @@ def step_times(runner: ModelRunner, rows: int) -> float:
 
 
 def main() -> None:
-    runners = {
-        label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.bfloat16), torch.device("cpu"), fast_decode=fast)
-        for label, fast in (("transformers", False), ("inference.decoder", True))
-    }
-    for rows in (1, 8, 32):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--small-batch", action="store_true")
+    small_batch = parser.parse_args().small_batch
+    cpu = torch.device("cpu")
+    if small_batch:
+        runners = {
+            label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.float32), cpu, small_batch_dtype=small)
+            for label, small in (("fp32", None), ("bf16 copy", torch.bfloat16))
+        }
+    else:
+        runners = {
+            label: ModelRunner(load_model(resolve_model_source(""), dtype=pick_dtype(cpu)), cpu, fast_decode=fast)
+            for label, fast in (("transformers", False), ("inference.decoder", True))
+        }
+    for rows in (1, 2, 3, 4, 5, 8) if small_batch else (1, 8, 32):
         seconds: dict[str, list[float]] = {label: [] for label in runners}
         for _ in range(ROUNDS):  # alternated: this machine's speed drifts within a minute
             for label, runner in runners.items():

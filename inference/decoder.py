@@ -24,6 +24,19 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 
+# Where the CPU has no native bf16 (AVX2 only, like the AMD EPYC this was measured on) the
+# model runs in fp32; a decode step of a few rows is then a matrix-vector product bound by
+# memory, and a bf16 copy of the weights halves what it reads. The matmuls of one step, fp32
+# against bf16 (input and output converted): 45.8 / 88.2 / 111 / 86.0 / 91.5 ms against
+# 28.5 / 34.0 / 52.9 / 77.6 / 106 ms at 1 / 2 / 3 / 4 / 6 rows; fp32 wins from 6 rows on.
+# Whole steps in the runner (`python -m bench.decoder --small-batch`, median of three
+# alternated runs): 57.3 / 112 / 139 / 111 / 118 ms in fp32 against 37.8 / 62.1 / 73.4 /
+# 101 / 120 ms at 1 / 2 / 3 / 4 / 5 rows. The copy costs half the weights' memory again
+# (+270 MB for the default model), and these steps compute in bf16, as the whole model
+# does on a CPU that has it.
+SMALL_BATCH_ROWS = 4
+
+
 def supports(model) -> bool:
     """A transformers Llama (SmolLM2, Llama 2/3, TinyLlama…) in the layout this step assumes."""
     config = model.config
@@ -35,13 +48,21 @@ def supports(model) -> bool:
 
 
 class LlamaDecoder:
-    def __init__(self, model) -> None:
+    def __init__(self, model, *, small_batch_dtype: torch.dtype | None = None) -> None:
+        """`small_batch_dtype`: steps of up to SMALL_BATCH_ROWS rows multiply by a copy of the
+        weights in this dtype (see SMALL_BATCH_ROWS); None: every step uses the model's own."""
         self.model = model
         config = model.config
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = [_fuse(layer) for layer in model.model.layers]
+        self.lm_head = (model.lm_head.weight, model.lm_head.bias)
+        self.small_layers, self.small_lm_head, self.small_batch_dtype = None, None, None
+        if small_batch_dtype is not None and small_batch_dtype != model.lm_head.weight.dtype:
+            self.small_batch_dtype = small_batch_dtype
+            self.small_layers = [_cast(layer, small_batch_dtype) for layer in self.layers]
+            self.small_lm_head = tuple(_to(tensor, small_batch_dtype) for tensor in self.lm_head)
 
     @torch.inference_mode()
     def step(
@@ -64,9 +85,12 @@ class LlamaDecoder:
         group = self.heads // self.kv_heads
         hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
         cos, sin = self.model.model.rotary_emb(hidden, positions)
-        last = self.layers[-1]
-        for layer, layer_keys, layer_values in zip(self.layers, keys, values):
-            qkv = F.linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
+        layers, lm_head = self.layers, self.lm_head
+        if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
+            layers, lm_head = self.small_layers, self.small_lm_head
+        last = layers[-1]
+        for layer, layer_keys, layer_values in zip(layers, keys, values):
+            qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
             query = qkv[..., :q_size].view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
             key = qkv[..., q_size : q_size + kv_size].view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
             value = qkv[..., q_size + kv_size :].view(rows, self.kv_heads, self.head_dim)
@@ -78,13 +102,20 @@ class LlamaDecoder:
             scores = torch.matmul(grouped, layer_keys.transpose(-1, -2)).float() * self.head_dim**-0.5
             probabilities = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1).to(layer_values.dtype)
             attention = torch.matmul(probabilities, layer_values).reshape(rows, 1, q_size)
-            hidden = hidden + F.linear(attention, layer.o, layer.o_bias)
-            gate, up = F.linear(layer.post_norm(hidden), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            hidden = hidden + _linear(attention, layer.o, layer.o_bias)
+            gate, up = _linear(layer.post_norm(hidden), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + _linear(F.silu(gate) * up, layer.down, layer.down_bias)
             if between_layers is not None and layer is not last:
                 between_layers()
         hidden = self.model.model.norm(hidden)
-        return self.model.lm_head(hidden)[:, -1]
+        return _linear(hidden, *lm_head)[:, -1]
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear in the weight's dtype, the result in x's."""
+    if weight.dtype == x.dtype:
+        return F.linear(x, weight, bias)
+    return F.linear(x.to(weight.dtype), weight, bias).to(x.dtype)
 
 
 class _Layer:
@@ -102,6 +133,19 @@ def _fuse(layer) -> _Layer:
     fused.o, fused.o_bias = attention.o_proj.weight, attention.o_proj.bias
     fused.down, fused.down_bias = mlp.down_proj.weight, mlp.down_proj.bias
     return fused
+
+
+def _cast(layer: _Layer, dtype: torch.dtype) -> _Layer:
+    """A copy of the layer's weights in `dtype`; the norms stay the model's."""
+    cast = _Layer()
+    for name in _Layer.__slots__:
+        value = getattr(layer, name)
+        setattr(cast, name, value if name.endswith("_norm") else _to(value, dtype))
+    return cast
+
+
+def _to(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(dtype)
 
 
 def _stack(*linears: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:

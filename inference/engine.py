@@ -17,11 +17,12 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from inference.decoder import SMALL_BATCH_ROWS
 from inference.detokenize import IncrementalDetokenizer
 from inference.loading import load_model, load_tokenizer, resolve_model_source
 from inference.prompts import shared_prefix_ids
 from inference.requests import Request, RequestStatus, TokenEvent
-from inference.runner import ModelRunner, pick_device, pick_dtype
+from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
 from inference.scheduler import Scheduler
 
@@ -112,13 +113,18 @@ class Engine:
         dtype = pick_dtype(device, config.dtype)
         started = time.perf_counter()
         self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
-        self.runner = ModelRunner(load_model(source, dtype=dtype, allow_download=config.allow_download), device)
+        small_batch_dtype = pick_small_batch_dtype(device, config.dtype)
+        self.runner = ModelRunner(
+            load_model(source, dtype=dtype, allow_download=config.allow_download), device, small_batch_dtype=small_batch_dtype
+        )
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
         logger.info(
-            "loaded %s on %s in %s in %.1f s",
-            source.gguf_file or source.path, device, dtype, time.perf_counter() - started,
+            "loaded %s on %s in %s%s in %.1f s",
+            source.gguf_file or source.path, device, dtype,
+            f" (steps of up to {SMALL_BATCH_ROWS} rows in {small_batch_dtype})" if self.runner.small_batch_dtype else "",
+            time.perf_counter() - started,
         )
 
     @property

@@ -51,6 +51,15 @@ def pick_dtype(device: torch.device, setting: str = "auto") -> torch.dtype:
     return torch.bfloat16 if _cpu_supports_bf16() else torch.float32
 
 
+def pick_small_batch_dtype(device: torch.device, setting: str = "auto") -> torch.dtype | None:
+    """Under CHAT_DTYPE=auto on a CPU without native bf16 (where the model runs in fp32), bf16:
+    decode steps of a few rows multiply by a bf16 copy of the weights
+    (`inference.decoder.SMALL_BATCH_ROWS`). None elsewhere, and whenever a dtype is set."""
+    if setting != "auto" or device.type != "cpu" or _cpu_supports_bf16():
+        return None
+    return torch.bfloat16
+
+
 def _cpu_supports_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
@@ -73,13 +82,16 @@ _malloc_trim = _libc_malloc_trim()
 class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
-    def __init__(self, model, device: torch.device, *, fast_decode: bool = True) -> None:
-        """`fast_decode=False`: decode through transformers even where `inference.decoder` could."""
+    def __init__(
+        self, model, device: torch.device, *, fast_decode: bool = True, small_batch_dtype: torch.dtype | None = None
+    ) -> None:
+        """`fast_decode=False`: decode through transformers even where `inference.decoder` could.
+        `small_batch_dtype`: see `inference.decoder.SMALL_BATCH_ROWS` (through it only)."""
         self.model = model.to(device)
         self.device = device
         if device.type == "cpu":
             use_decode_attention(self.model)
-        self._decoder = decoder.LlamaDecoder(self.model) if fast_decode and decoder.supports(self.model) else None
+        self._decoder = decoder.LlamaDecoder(self.model, small_batch_dtype=small_batch_dtype) if fast_decode and decoder.supports(self.model) else None
         self._spare = SPARE_COLUMNS if self._decoder else 0
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)
@@ -93,6 +105,11 @@ class ModelRunner:
         self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
         self._pending: list = []  # prefilled, not yet stacked: (cache, mask, request ids, lengths)
+
+    @property
+    def small_batch_dtype(self) -> torch.dtype | None:
+        """The dtype of the weight copy small decode steps use, if there is one."""
+        return self._decoder.small_batch_dtype if self._decoder else None
 
     @property
     def padded_tokens(self) -> int:

