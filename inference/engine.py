@@ -113,9 +113,10 @@ class Engine:
         dtype = pick_dtype(device, config.dtype)
         started = time.perf_counter()
         self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
-        small_batch_dtype = pick_small_batch_dtype(device, config.dtype)
         self.runner = ModelRunner(
-            load_model(source, dtype=dtype, allow_download=config.allow_download), device, small_batch_dtype=small_batch_dtype
+            load_model(source, dtype=dtype, allow_download=config.allow_download),
+            device,
+            small_batch_dtype=pick_small_batch_dtype(device, config.dtype),
         )
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
@@ -123,7 +124,7 @@ class Engine:
         logger.info(
             "loaded %s on %s in %s%s in %.1f s",
             source.gguf_file or source.path, device, dtype,
-            f" (steps of up to {SMALL_BATCH_ROWS} rows in {small_batch_dtype})" if self.runner.small_batch_dtype else "",
+            f" (steps of up to {SMALL_BATCH_ROWS} rows in {self.runner.small_batch_dtype})" if self.runner.small_batch_dtype else "",
             time.perf_counter() - started,
         )
 

@@ -91,7 +91,9 @@ class ModelRunner:
         self.device = device
         if device.type == "cpu":
             use_decode_attention(self.model)
-        self._decoder = decoder.LlamaDecoder(self.model, small_batch_dtype=small_batch_dtype) if fast_decode and decoder.supports(self.model) else None
+        self._decoder = None
+        if fast_decode and decoder.supports(self.model):
+            self._decoder = decoder.LlamaDecoder(self.model, small_batch_dtype=small_batch_dtype)
         self._spare = SPARE_COLUMNS if self._decoder else 0
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)
