@@ -4,7 +4,10 @@ each, median ms a step), alternated three times; each path has a model of its ow
 median and the range of the three runs' medians. In the dtype CHAT_DTYPE=auto picks here.
 
 `python -m bench.decoder --small-batch`: `inference.decoder` in fp32 against the same with
-a bf16 copy of the weights for small steps (`SMALL_BATCH_ROWS`), at 1–5 and 8 rows."""
+a bf16 copy of the weights for small steps (`SMALL_BATCH_ROWS`), at 1–5 and 8 rows.
+
+`python -m bench.decoder --prepack`: `inference.decoder` with the model's own weights against
+the same with packed copies (`inference.decoder._pack`), at 1, 2, 4, 8, 16 and 32 rows."""
 from __future__ import annotations
 
 import argparse
@@ -37,20 +40,31 @@ def step_times(runner: ModelRunner, rows: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--small-batch", action="store_true")
-    small_batch = parser.parse_args().small_batch
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--small-batch", action="store_true")
+    mode.add_argument("--prepack", action="store_true")
+    args = parser.parse_args()
+    small_batch = args.small_batch
     cpu = torch.device("cpu")
-    if small_batch:
+    row_counts = (1, 8, 32)
+    if args.prepack:
+        runners = {
+            label: ModelRunner(load_model(resolve_model_source(""), dtype=pick_dtype(cpu)), cpu, prepack=prepack)
+            for label, prepack in (("plain", False), ("prepacked", True))
+        }
+        row_counts = (1, 2, 4, 8, 16, 32)
+    elif small_batch:
         runners = {
             label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.float32), cpu, small_batch_dtype=small)
             for label, small in (("fp32", None), ("bf16 copy", torch.bfloat16))
         }
+        row_counts = (1, 2, 3, 4, 5, 8)
     else:
         runners = {
             label: ModelRunner(load_model(resolve_model_source(""), dtype=pick_dtype(cpu)), cpu, fast_decode=fast)
             for label, fast in (("transformers", False), ("inference.decoder", True))
         }
-    for rows in (1, 2, 3, 4, 5, 8) if small_batch else (1, 8, 32):
+    for rows in row_counts:
         seconds: dict[str, list[float]] = {label: [] for label in runners}
         for _ in range(ROUNDS):  # alternated: this machine's speed drifts within a minute
             for label, runner in runners.items():

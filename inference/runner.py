@@ -83,17 +83,23 @@ class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
     def __init__(
-        self, model, device: torch.device, *, fast_decode: bool = True, small_batch_dtype: torch.dtype | None = None
+        self,
+        model,
+        device: torch.device,
+        *,
+        fast_decode: bool = True,
+        small_batch_dtype: torch.dtype | None = None,
+        prepack: bool | None = None,
     ) -> None:
         """`fast_decode=False`: decode through transformers even where `inference.decoder` could.
-        `small_batch_dtype`: see `inference.decoder.SMALL_BATCH_ROWS` (through it only)."""
+        `small_batch_dtype` and `prepack`: see `inference.decoder.LlamaDecoder` (through it only)."""
         self.model = model.to(device)
         self.device = device
         if device.type == "cpu":
             use_decode_attention(self.model)
         self._decoder = None
         if fast_decode and decoder.supports(self.model):
-            self._decoder = decoder.LlamaDecoder(self.model, small_batch_dtype=small_batch_dtype)
+            self._decoder = decoder.LlamaDecoder(self.model, small_batch_dtype=small_batch_dtype, prepack=prepack)
         self._spare = SPARE_COLUMNS if self._decoder else 0
         self.dtype = next(model.parameters()).dtype
         self.context_length = int(model.config.max_position_embeddings)

@@ -3,7 +3,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from inference import runner as runner_module
-from inference.decoder import SMALL_BATCH_ROWS, LlamaDecoder
+from inference.decoder import SMALL_BATCH_ROWS, LlamaDecoder, can_prepack
 from inference.loading import ModelNotFound, load_model, resolve_model_source
 from inference.runner import SPARE_COLUMNS, ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 
@@ -143,3 +143,38 @@ def test_steps_of_few_rows_multiply_by_the_bf16_copy_and_larger_ones_by_the_mode
             torch.testing.assert_close(logits["mixed"], logits["fp32"], atol=0.05, rtol=0.05)
         else:
             assert torch.equal(logits["mixed"], logits["fp32"])
+
+
+@pytest.mark.skipif(not can_prepack(torch.bfloat16, torch.device("cpu")), reason="oneDNN computes no bf16 on this CPU")
+def test_bf16_steps_multiply_by_packed_copies_of_the_weights_with_the_same_results(tiny_model_dir):
+    """Where oneDNN computes bf16, a bf16 model's decode steps use weights packed in its own
+    layout; the logits are those of the plain weights, at every step and row count."""
+    def make(prepack):
+        model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.bfloat16)
+        return ModelRunner(model, torch.device("cpu"), prepack=prepack)
+
+    automatic, plain = make(None), make(False)
+    assert automatic._decoder.prepacked and automatic._decoder.layers[0].qkv.is_mkldnn
+    assert automatic._decoder.lm_head[0].is_mkldnn
+    assert not plain._decoder.prepacked and not plain._decoder.layers[0].qkv.is_mkldnn
+    assert not any(parameter.is_mkldnn for parameter in automatic.model.parameters())  # prefill's own
+    for rows in (1, 3, 8):
+        prompts = {i: [5 + i, 6, 7 + 2 * i, 8][: 2 + i % 3] for i in range(rows)}
+        logits = {}
+        for label, runner in (("packed", automatic), ("plain", plain)):
+            runner.prefill(prompts)
+            runner.commit()
+            tokens = [9 + i for i in range(rows)]
+            steps = []
+            for _ in range(3):
+                steps.append(runner.decode(tokens))
+                tokens = steps[-1].float().argmax(-1).tolist()
+            logits[label] = torch.stack(steps)
+            runner.clear()
+        torch.testing.assert_close(logits["packed"], logits["plain"], atol=1e-2, rtol=1e-2)
+
+
+def test_fp32_weights_are_not_packed(tiny_model_dir):
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    runner = ModelRunner(model, torch.device("cpu"))
+    assert not runner._decoder.prepacked and not runner._decoder.layers[0].qkv.is_mkldnn
