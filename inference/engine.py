@@ -122,9 +122,10 @@ class Engine:
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
         logger.info(
-            "loaded %s on %s in %s%s in %.1f s",
+            "loaded %s on %s in %s%s%s in %.1f s",
             source.gguf_file or source.path, device, dtype,
             f" (steps of up to {SMALL_BATCH_ROWS} rows in {self.runner.small_batch_dtype})" if self.runner.small_batch_dtype else "",
+            ", decode weights prepacked" if self.runner.prepacked else "",
             time.perf_counter() - started,
         )
 

@@ -120,6 +120,11 @@ class ModelRunner:
         return self._decoder.small_batch_dtype if self._decoder else None
 
     @property
+    def prepacked(self) -> bool:
+        """Whether decode steps multiply by packed copies of the weights (`inference.decoder`)."""
+        return self._decoder is not None and self._decoder.prepacked
+
+    @property
     def padded_tokens(self) -> int:
         """KV slots held, padding included: rows × columns."""
         return 0 if self._mask is None else self._mask.numel()

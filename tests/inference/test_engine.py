@@ -110,6 +110,18 @@ def test_a_prompt_longer_than_the_context_is_refused(engine):
         engine.submit(list(range(5, 2000)), SamplingParams())
 
 
+def test_a_bf16_engine_decodes_with_prepacked_weights_where_onednn_computes_bf16(tiny_engine_config):
+    from inference.decoder import can_prepack
+
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="bf16"))
+    try:
+        assert engine.runner.prepacked is can_prepack(torch.bfloat16, engine.runner.device)
+        text, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
+        assert finish.status is RequestStatus.DONE and len(tokens) == 8
+    finally:
+        engine.shutdown()
+
+
 def test_auto_dtype_without_native_bf16_decodes_small_steps_with_a_bf16_copy(tiny_engine_config, monkeypatch):
     from inference import runner
 
