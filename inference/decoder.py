@@ -79,11 +79,9 @@ class LlamaDecoder:
         device = model.lm_head.weight.device
         self.prepacked = can_prepack(model.lm_head.weight.dtype, device) if prepack is None else prepack
         if self.prepacked:
-            self.layers = [_packed(layer) for layer in self.layers]
-            self.lm_head = (_pack(self.lm_head[0]), self.lm_head[1])
+            self.layers, self.lm_head = _packed(self.layers, self.lm_head)
         if self.small_layers is not None and can_prepack(small_batch_dtype, device):
-            self.small_layers = [_packed(layer) for layer in self.small_layers]
-            self.small_lm_head = (_pack(self.small_lm_head[0]), self.small_lm_head[1])
+            self.small_layers, self.small_lm_head = _packed(self.small_layers, self.small_lm_head)
 
     @torch.inference_mode()
     def step(
@@ -151,13 +149,16 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
 
-def _packed(layer: _Layer) -> _Layer:
-    """The layer with its matrices packed (`_pack`); norms and biases as they are."""
-    packed = _Layer()
-    for name in _Layer.__slots__:
-        value = getattr(layer, name)
-        setattr(packed, name, _pack(value) if name in ("qkv", "o", "gate_up", "down") else value)
-    return packed
+def _packed(layers: list[_Layer], lm_head: tuple) -> tuple[list[_Layer], tuple]:
+    """The layers and lm_head with their matrices packed (`_pack`); norms and biases as they are."""
+    packed_layers = []
+    for layer in layers:
+        packed = _Layer()
+        for name in _Layer.__slots__:
+            value = getattr(layer, name)
+            setattr(packed, name, _pack(value) if name in ("qkv", "o", "gate_up", "down") else value)
+        packed_layers.append(packed)
+    return packed_layers, (_pack(lm_head[0]), lm_head[1])
 
 
 class _Layer:
