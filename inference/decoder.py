@@ -151,14 +151,8 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
 
 def _packed(layers: list[_Layer], lm_head: tuple) -> tuple[list[_Layer], tuple]:
     """The layers and lm_head with their matrices packed (`_pack`); norms and biases as they are."""
-    packed_layers = []
-    for layer in layers:
-        packed = _Layer()
-        for name in _Layer.__slots__:
-            value = getattr(layer, name)
-            setattr(packed, name, _pack(value) if name in ("qkv", "o", "gate_up", "down") else value)
-        packed_layers.append(packed)
-    return packed_layers, (_pack(lm_head[0]), lm_head[1])
+    matrices = ("qkv", "o", "gate_up", "down")
+    return [_converted(layer, _pack, matrices) for layer in layers], (_pack(lm_head[0]), lm_head[1])
 
 
 class _Layer:
@@ -180,11 +174,17 @@ def _fuse(layer) -> _Layer:
 
 def _cast(layer: _Layer, dtype: torch.dtype) -> _Layer:
     """A copy of the layer's weights in `dtype`; the norms stay the model's."""
-    cast = _Layer()
+    weights = [name for name in _Layer.__slots__ if not name.endswith("_norm")]
+    return _converted(layer, lambda tensor: _to(tensor, dtype), weights)
+
+
+def _converted(layer: _Layer, convert, names) -> _Layer:
+    """A new _Layer with `convert` applied to the entries `names`; the others shared."""
+    converted = _Layer()
     for name in _Layer.__slots__:
         value = getattr(layer, name)
-        setattr(cast, name, value if name.endswith("_norm") else _to(value, dtype))
-    return cast
+        setattr(converted, name, convert(value) if name in names else value)
+    return converted
 
 
 def _to(tensor: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
