@@ -66,6 +66,15 @@ def test_the_window_rolls_one_message_at_a_time(make_user, small_free):
 
 
 @pytest.mark.django_db
+def test_uses_that_left_the_window_are_deleted_at_the_next_message(make_user, small_free):
+    user = make_user()
+    for i in range(3):
+        consume(user, small_free, at(i * 60))
+    consume(user, small_free, at(3630))  # the t=0 use has left; t=60 and t=120 have not
+    assert sorted(QuotaUse.objects.filter(user=user).values_list("at", flat=True)) == [at(60), at(120), at(3630)]
+
+
+@pytest.mark.django_db
 def test_status_reports_what_is_left_and_when_the_next_frees_up(make_user, small_free):
     user = make_user()
     assert quota_status(user=user, plan=small_free, now=at(0)).as_dict()["resets_at"] is None
