@@ -44,7 +44,6 @@ def main() -> None:
     mode.add_argument("--small-batch", action="store_true")
     mode.add_argument("--prepack", action="store_true")
     args = parser.parse_args()
-    small_batch = args.small_batch
     cpu = torch.device("cpu")
     row_counts = (1, 8, 32)
     if args.prepack:
@@ -53,7 +52,7 @@ def main() -> None:
             for label, prepack in (("plain", False), ("prepacked", True))
         }
         row_counts = (1, 2, 4, 8, 16, 32)
-    elif small_batch:
+    elif args.small_batch:
         runners = {
             label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.float32), cpu, small_batch_dtype=small)
             for label, small in (("fp32", None), ("bf16 copy", torch.bfloat16))
