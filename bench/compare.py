@@ -2,7 +2,10 @@
 
 One server per named setting (environment variables after the colon), all loaded before the
 first run, and the engine alone in this process; then, round after round, the engine with 32
-requests and each server with 32 streams, one after another. This machine's speed drifts by
+requests and each server with 32 streams, one after another. Each server's figure is its
+tokens/s, its share of the engine's, and the CPU seconds its threads other than torch's spent
+on the burst (the web, the database, the tasks): steadier than tokens/s here, and what the
+engine loses to. This machine's speed drifts by
 ±15 % within minutes, so only runs made in the same round compare; the medians at the end are
 over rounds. Each server runs the working tree's code.
 """
@@ -40,18 +43,22 @@ def main() -> None:
     servers = [_server(http.PORT + i, dict(env)) for i, (_, env) in enumerate(settings)]
     engine = Engine.load(EngineConfig(max_running=STREAMS))
     runs: dict[str, list[float]] = {"engine": []} | {name: [] for name, _ in settings}
+    rest_cpu: dict[str, list[float]] = {name: [] for name, _ in settings}
     try:
         concurrent(engine, 2)  # warm-up
         for round_ in range(args.rounds):
             runs["engine"].append(concurrent(engine, STREAMS)["tok_s"])
             line = f"round {round_}: engine {runs['engine'][-1]:.0f} tok/s"
             for (name, _), server in zip(settings, servers):
-                runs[name].append(server.run(STREAMS)["tok_s"])
-                line += f"  {name} {runs[name][-1]:.0f} ({runs[name][-1] / runs['engine'][-1]:.0%})"
+                result = server.run(STREAMS)
+                runs[name].append(result["tok_s"])
+                rest_cpu[name].append(result["rest_cpu_s"])
+                line += f"  {name} {result['tok_s']:.0f} ({result['tok_s'] / runs['engine'][-1]:.0%}, {result['rest_cpu_s']:.2f} s)"
             print(line, flush=True)
         engine_median = statistics.median(runs["engine"])
         print(f"medians: engine {engine_median:.1f} tok/s", *(
-            f"{name} {statistics.median(runs[name]):.1f} ({statistics.median(runs[name]) / engine_median:.0%})"
+            f"{name} {statistics.median(runs[name]):.1f} ({statistics.median(runs[name]) / engine_median:.0%}, "
+            f"{statistics.median(rest_cpu[name]):.2f} s)"
             for name, _ in settings
         ), sep="  ")
     finally:
