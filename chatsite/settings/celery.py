@@ -23,9 +23,9 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 if CELERY_BROKER_URL.startswith("memory://"):
-    # kombu polls an empty in-memory queue once a second by default: half a second of waiting
-    # on average before a reply even starts. Polling a local deque every 10 ms costs little.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"polling_interval": 0.01}
+    # kombu's memory transport, but the worker sleeps until a message arrives or a prefetch
+    # slot frees, instead of polling (chatsite/broker.py).
+    CELERY_BROKER_TRANSPORT = "chatsite.broker:Transport"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
 # The Celery worker runs inside the web server process when the broker is memory://.
