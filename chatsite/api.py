@@ -177,7 +177,11 @@ class _Watcher:
             await self.events.put((index, await self.layer.receive(channel)))
 
     async def next(self, deadline: float) -> tuple[int, dict]:
-        index, event = await asyncio.wait_for(self.events.get(), max(0.0, deadline - time.monotonic()))
+        """The next event; TimeoutError once the monotonic clock passes `deadline`."""
+        # asyncio.timeout_at rather than wait_for, which makes a task per call: every token
+        # frame comes through here. The loop's clock is time.monotonic.
+        async with asyncio.timeout_at(deadline):
+            index, event = await self.events.get()
         if event["type"] in ("gen.done", "gen.error"):
             self.unfinished.discard(self.reply_ids[index])
         if event["type"] == "gen.done":

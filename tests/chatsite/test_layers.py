@@ -1,0 +1,70 @@
+"""The embedded mode's channel layer behaves as Channels' in-memory layer, with fewer sweeps."""
+import asyncio
+import time
+
+import pytest
+from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
+
+from chatsite import layers
+
+
+@pytest.mark.asyncio
+async def test_group_send_reaches_every_member_of_the_group_and_no_one_else():
+    layer = layers.InMemoryChannelLayer()
+    members = [await layer.new_channel() for _ in range(3)]
+    outsider = await layer.new_channel()
+    for channel in members:
+        await layer.group_add("gen.1", channel)
+    await layer.group_add("gen.2", outsider)
+
+    await layer.group_send("gen.1", {"type": "gen.token", "text": "Hi"})
+
+    for channel in members:
+        assert await asyncio.wait_for(layer.receive(channel), 1) == {"type": "gen.token", "text": "Hi"}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(outsider), 0.1)
+
+
+@pytest.mark.asyncio
+async def test_a_full_channel_misses_the_message_and_the_others_still_get_it():
+    layer = layers.InMemoryChannelLayer(capacity=1)
+    full, other = await layer.new_channel(), await layer.new_channel()
+    await layer.send(full, {"type": "first"})
+    for channel in (full, other):
+        await layer.group_add("gen.1", channel)
+
+    await layer.group_send("gen.1", {"type": "second"})
+
+    assert await layer.receive(other) == {"type": "second"}
+    assert await layer.receive(full) == {"type": "first"}
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(full), 0.1)
+
+
+@pytest.mark.asyncio
+async def test_expired_messages_are_still_dropped(monkeypatch):
+    monkeypatch.setattr(layers, "SWEEP_EVERY_S", 0.1)
+    layer = layers.InMemoryChannelLayer(expiry=0.1)
+    channel = await layer.new_channel()
+    await layer.send(channel, {"type": "stale"})
+    await asyncio.sleep(0.3)  # past the message's expiry and the next sweep
+
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(layer.receive(channel), 0.1)
+
+
+@pytest.mark.asyncio
+async def test_the_layer_sweeps_once_a_second_not_at_every_call(monkeypatch):
+    sweeps = []
+    monkeypatch.setattr(ChannelsInMemoryChannelLayer, "_clean_expired", lambda self: sweeps.append(time.monotonic()))
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("gen.1", channel)
+    started = time.monotonic()
+    for n in range(200):
+        await layer.group_send("gen.1", {"type": "gen.token", "n": n})
+        await layer.receive(channel)
+    if time.monotonic() - started < layers.SWEEP_EVERY_S:
+        assert len(sweeps) == 1
+    else:  # a very slow machine: still at most one sweep a second
+        assert len(sweeps) <= 1 + (time.monotonic() - started) / layers.SWEEP_EVERY_S
