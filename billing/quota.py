@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Count, Min, Q
 from django.utils import timezone
 
 from billing.locking import user_row_lock
@@ -68,18 +69,31 @@ class QuotaExceeded(Exception):
 
 def quota_status(*, user, plan: Plan, now: datetime.datetime | None = None) -> QuotaStatus:
     """The user's window as it stands: a read, no lock."""
-    now = now or timezone.now()
+    return _window(user=user, plan=plan, now=now or timezone.now())[0]
+
+
+def _window(*, user, plan: Plan, now: datetime.datetime) -> tuple[QuotaStatus, bool]:
+    """The user's window, and whether rows that have left it are still stored. One query
+    while the user is below the limit (every accepted message asks), two at or over it."""
     window_s = settings.BILLING_QUOTA_WINDOW_S
     since = now - datetime.timedelta(seconds=window_s)
-    window = QuotaUse.objects.filter(user=user, at__gt=since)
-    used, limit = window.count(), plan.messages_per_window
+    in_window = Q(at__gt=since)
+    found = QuotaUse.objects.filter(user=user).aggregate(
+        used=Count("id", filter=in_window), oldest_in_window=Min("at", filter=in_window), oldest=Min("at")
+    )
+    used, limit = found["used"], plan.messages_per_window
     # Below the limit: when the oldest use leaves. At or over it (after a downgrade): when
     # enough of the oldest have left for one more message.
     next_free_at = None
     if used:
-        nth_oldest = window.order_by("at").values_list("at", flat=True)[max(0, used - limit)]
+        nth_oldest = found["oldest_in_window"]
+        if used >= limit:
+            nth_oldest = (
+                QuotaUse.objects.filter(user=user, at__gt=since).order_by("at").values_list("at", flat=True)[used - limit]
+            )
         next_free_at = nth_oldest + datetime.timedelta(seconds=window_s)
-    return QuotaStatus(plan=plan, limit=limit, used=used, window_s=window_s, next_free_at=next_free_at, now=now)
+    status = QuotaStatus(plan=plan, limit=limit, used=used, window_s=window_s, next_free_at=next_free_at, now=now)
+    return status, found["oldest"] is not None and found["oldest"] <= since
 
 
 def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> QuotaStatus:
@@ -88,15 +102,18 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
     Call inside the transaction that saves the message, so that a refused or failed send
     leaves no trace. It locks the user's row first: concurrent sends of one user are counted
     one after another, so no burst gets past the limit (SQLite's IMMEDIATE transactions
-    serialise writers the same way)."""
+    serialise writers the same way). Two queries on SQLite, three elsewhere (the lock), four
+    when there are uses that have left the window to delete: this runs while SQLite's one
+    write lock is held, so each query is a wait for every other writer."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quota_consume must run inside the transaction that saves the message")
     user_row_lock(user_id=user.pk)
     now = now or timezone.now()
-    status = quota_status(user=user, plan=plan, now=now)
+    status, left_the_window = _window(user=user, plan=plan, now=now)
     if status.remaining <= 0:
         raise QuotaExceeded(status)
-    QuotaUse.objects.filter(user=user, at__lte=now - datetime.timedelta(seconds=status.window_s)).delete()
+    if left_the_window:
+        QuotaUse.objects.filter(user=user, at__lte=now - datetime.timedelta(seconds=status.window_s)).delete()
     QuotaUse.objects.create(user=user, at=now)
     # One more in the window; if it was empty, this message is the oldest.
     return dataclasses.replace(

@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing.models import QuotaUse
@@ -72,6 +73,25 @@ def test_uses_that_left_the_window_are_deleted_at_the_next_message(make_user, sm
         consume(user, small_free, at(i * 60))
     consume(user, small_free, at(3630))  # the t=0 use has left; t=60 and t=120 have not
     assert sorted(QuotaUse.objects.filter(user=user).values_list("at", flat=True)) == [at(60), at(120), at(3630)]
+
+
+def _statements(captured) -> list[str]:
+    """The verbs of the data queries run (transaction control left out)."""
+    verbs = [query["sql"].split()[0].upper() for query in captured.captured_queries]
+    return [verb for verb in verbs if verb in ("SELECT", "INSERT", "UPDATE", "DELETE")]
+
+
+@pytest.mark.django_db
+def test_counting_a_message_on_sqlite_takes_two_queries_and_a_third_only_to_delete_old_uses(make_user, small_free):
+    # They run while SQLite's one write lock is held: each one is a wait for every other writer.
+    user = make_user()
+    consume(user, small_free, at(0))
+    with CaptureQueriesContext(connection) as below_the_limit:
+        consume(user, small_free, at(60))
+    with CaptureQueriesContext(connection) as with_old_uses:
+        consume(user, small_free, at(3630))  # the t=0 use has left the window
+    assert _statements(below_the_limit) == ["SELECT", "INSERT"]
+    assert _statements(with_old_uses) == ["SELECT", "DELETE", "INSERT"]
 
 
 @pytest.mark.django_db
