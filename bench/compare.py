@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from pathlib import Path
 
 import bench.http as http
 from bench.engine import concurrent
@@ -28,16 +29,18 @@ def _setting(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _server(port: int, env: dict[str, str]) -> http.HttpBench:
-    """DISTRIBUTED=1 among the settings: daphne + a worker process, PostgreSQL, Redis."""
+    """DISTRIBUTED=1 among the settings: daphne + a worker process, PostgreSQL, Redis.
+    CHECKOUT=path: the server runs that source tree (`git worktree add /tmp/old <commit>`)."""
     distributed = env.pop("DISTRIBUTED", "") == "1"
-    return http.HttpBench(port=port, settings=env, distributed=distributed)
+    checkout = Path(env.pop("CHECKOUT", http.ROOT))
+    return http.HttpBench(port=port, settings=env, distributed=distributed, checkout=checkout)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("rounds", type=int)
     parser.add_argument("settings", nargs="+", help="NAME:VAR=value,VAR=value (nothing after the colon: the defaults; "
-                        "DISTRIBUTED=1: a worker process, PostgreSQL and Redis)")
+                        "DISTRIBUTED=1: a worker process, PostgreSQL and Redis; CHECKOUT=path: another source tree)")
     args = parser.parse_args()
     settings = [_setting(text) for text in args.settings]
     servers = [_server(http.PORT + i, dict(env)) for i, (_, env) in enumerate(settings)]

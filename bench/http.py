@@ -74,9 +74,12 @@ class HttpBench:
     client is not used here: its per-chunk parsing would take CPU from the server on this
     2-core machine (the tests use it)."""
 
-    def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False) -> None:
+    def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False,
+                 checkout: Path = ROOT) -> None:
         """`settings`: environment variables for the server, over the defaults below.
-        `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own."""
+        `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own.
+        `checkout`: the source tree the server runs (e.g. a `git worktree` of an older commit),
+        with this virtual environment."""
         self._data = tempfile.TemporaryDirectory()
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL")}
         # A quota the benchmark's hundreds of requests cannot exhaust; its checks still run.
@@ -91,24 +94,24 @@ class HttpBench:
             redis.Redis.from_url(REDIS).flushdb()
         env.update(settings or {})
         manage = [str(BIN / "python"), "manage.py"]
-        subprocess.run([*manage, "migrate", "-v0"], cwd=ROOT, env=env, check=True)
+        subprocess.run([*manage, "migrate", "-v0"], cwd=checkout, env=env, check=True)
         created = subprocess.run(
             [*manage, "shell", "-c",
              "from django.contrib.auth import get_user_model; from billing.api_keys import api_key_create;"
              "u = get_user_model().objects.create_user('bench'); print(api_key_create(user=u, name='bench')[1])"],
-            cwd=ROOT, env=env, check=True, capture_output=True, text=True,
+            cwd=checkout, env=env, check=True, capture_output=True, text=True,
         ).stdout
         key = re.search(r"cs-[\w-]+", created).group(0)
         self._log = open(Path(self._data.name) / "daphne.log", "w")
         self._server = subprocess.Popen(
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self._worker = None
         if distributed:
             self._worker = subprocess.Popen(
                 [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING"],
-                cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             )
         self._loop = asyncio.new_event_loop()
         self._port = port
