@@ -102,9 +102,9 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
     Call inside the transaction that saves the message, so that a refused or failed send
     leaves no trace. It locks the user's row first: concurrent sends of one user are counted
     one after another, so no burst gets past the limit (SQLite's IMMEDIATE transactions
-    serialise writers the same way). Two queries on SQLite, three elsewhere (the lock), four
-    when there are uses that have left the window to delete: this runs while SQLite's one
-    write lock is held, so each query is a wait for every other writer."""
+    serialise writers the same way). Two queries on SQLite, three elsewhere (the lock), and
+    one more when uses that have left the window are still stored: this runs while SQLite's
+    one write lock is held, so each query is a wait for every other writer."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quota_consume must run inside the transaction that saves the message")
     user_row_lock(user_id=user.pk)
