@@ -1,6 +1,7 @@
-"""Pages: sign-up, the chat page (new or existing conversation), a health check."""
+"""Pages: sign-up, the chat page (new or existing conversation), the health check."""
 from __future__ import annotations
 
+from asgiref.sync import sync_to_async
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -9,6 +10,7 @@ from django.views.decorators.http import require_http_methods
 
 from billing.plans import plan_for_user
 from billing.quota import quota_status
+from chatsite import health
 from chatsite.forms import SignupForm
 from chatsite.models import Conversation
 from chatsite.selectors import conversation_branch, conversation_get, conversation_list
@@ -50,5 +52,12 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
     )
 
 
-def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse({"status": "ok"})
+async def healthz(request: HttpRequest) -> JsonResponse:
+    """200 when the database, the broker and a worker answer, else 503; JSON either way.
+    The broker and the ping wait on the network, so they run off the thread that serves the
+    other pages."""
+    database = await sync_to_async(health.database_check)()
+    broker = await sync_to_async(health.broker_check, thread_sensitive=False)()
+    workers = await sync_to_async(health.workers_check, thread_sensitive=False)() if health.answered(broker) else 0
+    body, healthy = health.health_report(database=database, broker=broker, workers=workers)
+    return JsonResponse(body, status=200 if healthy else 503)

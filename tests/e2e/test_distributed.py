@@ -2,8 +2,10 @@
 `celery worker` process generating, and daphne serving the socket."""
 import asyncio
 import concurrent.futures
+import json
 import threading
 import time
+import urllib.request
 import uuid
 
 import httpx
@@ -11,8 +13,8 @@ import psycopg
 import pytest
 import redis
 
-from tests.postgres import fresh_database
 from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manage, require_service, server_env, sign_up
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.distributed
 
@@ -74,6 +76,14 @@ def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(d
     assert completion_tokens == done["usage"]["completion_tokens"] > 0
     assert "generate_reply[" in worker.log()  # the separate worker ran it
     assert "embedded Celery worker" not in server.log()
+
+
+def test_health_reports_the_database_the_broker_and_the_worker(distributed):
+    server, _, _ = distributed
+    with urllib.request.urlopen(server.url + "/healthz", timeout=10) as response:
+        assert response.status == 200
+        body = json.load(response)
+    assert body == {"status": "ok", "database": "ok", "broker": "ok", "workers": 1}
 
 
 def test_stop_reaches_the_worker_process(distributed):
