@@ -52,7 +52,7 @@ def main() -> None:
         for round_ in range(args.rounds):
             runs["engine"].append(concurrent(engine, STREAMS)["tok_s"])
             line = f"round {round_}: engine {runs['engine'][-1]:.0f} tok/s"
-            for (name, _), server in zip(settings, servers):
+            for (name, _), server in zip(settings, servers, strict=True):
                 result = server.run(STREAMS)
                 runs[name].append(result["tok_s"])
                 rest_cpu[name].append(result["rest_cpu_s"])

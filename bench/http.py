@@ -1,5 +1,5 @@
 """(d) End to end: N concurrent streaming clients through /v1/chat/completions on a running
-server, default model, driven by a minimal HTTP/1.1 client (h11 on asyncio). Either mode of the README: embedded
+server, default model, driven by a minimal HTTP/1.1 client (h11 on asyncio). Either mode (docs/operations.md): embedded
 (one daphne process, SQLite, the worker in a thread of it) or distributed (daphne and a
 `celery worker` process, PostgreSQL, Redis)."""
 from __future__ import annotations
@@ -102,7 +102,7 @@ class HttpBench:
             cwd=checkout, env=env, check=True, capture_output=True, text=True,
         ).stdout
         key = re.search(r"cs-[\w-]+", created).group(0)
-        self._log = open(Path(self._data.name) / "daphne.log", "w")
+        self._log = open(Path(self._data.name) / "daphne.log", "w")  # noqa: SIM115 - closed in close()
         self._server = subprocess.Popen(
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
             cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,

@@ -35,6 +35,8 @@ class QuotaUse(models.Model):
     class Meta:
         indexes = [models.Index(fields=["user", "at"])]
 
+    def __str__(self) -> str:
+        return f"{self.user} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 class StripeCustomer(models.Model):
     """The Stripe customer created for a user on their first checkout."""
@@ -113,6 +115,8 @@ class StripeEvent(models.Model):
     created = models.DateTimeField()  # when Stripe created the event
     processed_at = models.DateTimeField(auto_now_add=True)
 
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
 
 class UsageRecord(models.Model):
     """One generation: who, on which plan, how many tokens, how long, how much compute.
@@ -133,3 +137,6 @@ class UsageRecord(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.source} message {self.message_id} by {self.user} ({self.plan}, {self.status})"

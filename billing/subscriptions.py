@@ -89,4 +89,4 @@ def subscription_fields(remote: dict, *, previous: Subscription | None, now: dat
 
 
 def _time(unix: int | None) -> datetime.datetime | None:
-    return datetime.datetime.fromtimestamp(unix, tz=datetime.timezone.utc) if unix else None
+    return datetime.datetime.fromtimestamp(unix, tz=datetime.UTC) if unix else None

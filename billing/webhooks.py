@@ -58,7 +58,7 @@ def event_process(*, event: dict) -> Outcome:
                 StripeEvent.objects.create(
                     id=event["id"],
                     type=event["type"],
-                    created=datetime.datetime.fromtimestamp(int(event.get("created") or 0), tz=datetime.timezone.utc),
+                    created=datetime.datetime.fromtimestamp(int(event.get("created") or 0), tz=datetime.UTC),
                 )
         except IntegrityError:
             return Outcome.DUPLICATE

@@ -34,10 +34,10 @@ DB_THREADS = 4
 # The API's database work runs on a few threads of its own, not on a new thread per request
 # (Django's default for async views): 32 calls arriving together then queue for 4 threads
 # holding open connections, instead of 32 threads fighting over the GIL and each opening a
-# connection. What it changed: the README's Benchmarks.
+# connection.
 _db_threads = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="api-db")
 # Sending the tasks needs no database: on a thread of its own it does not queue behind the
-# other calls' database work (32 calls together: each reply reached the worker ~0.2 s later).
+# other calls' database work.
 _send_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-send")
 
 
@@ -222,7 +222,7 @@ async def _collect(watcher: _Watcher, user, context: dict) -> JsonResponse:
                 }
     except wire.ApiError as error:
         return _error(error)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return _error(wire.ApiError(504, "The model did not answer in time.", type="server_error"))
     finally:
         await watcher.close(user)
@@ -253,7 +253,7 @@ async def _stream(watcher: _Watcher, user, context: dict, include_usage: bool):
         if include_usage:
             yield wire.sse(wire.chunk(**context, choices=[], usage=watcher.usage()))
         yield wire.sse("[DONE]")
-    except asyncio.TimeoutError:
+    except TimeoutError:
         yield wire.sse(wire.ApiError(504, "The model did not answer in time.", type="server_error").body())
     finally:
         await watcher.close(user)

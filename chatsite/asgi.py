@@ -22,8 +22,7 @@ class ApiHandler(ASGIHandler):
     """Django's ASGI handler without the middleware stack, for /v1/ only: the API answers API
     keys, not sessions, so sessions, auth, CSRF, messages, clickjacking and static files have
     nothing to do there, and each of them costs every call thread hops (WhiteNoise is sync
-    only; Django's own middleware runs its hooks through sync_to_async). What it changed: the
-    README's Benchmarks. The API's views check the Host header themselves (ALLOWED_HOSTS)."""
+    only; Django's own middleware runs its hooks through sync_to_async). The API's views check the Host header themselves (ALLOWED_HOSTS)."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         self._view_middleware = []

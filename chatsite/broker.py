@@ -1,16 +1,14 @@
 """The embedded mode's broker: kombu's in-process memory transport, with a worker that sleeps
 until there is something to take instead of polling.
 
-kombu's memory transport looks at its queues every `polling_interval` (1 s by default, so a
-reply waited half a second on average before it started; 10 ms, as we had it, costs the
-consumer thread 100 wake-ups a second, ~1 % of a core for ever, each taking a core from the
-model mid-step). Here the consumer waits on a condition that is signalled when a message is
+kombu's memory transport looks at its queues every `polling_interval`: at its default of 1 s
+a reply waits half a second on average before it starts, and at 10 ms the consumer thread
+wakes 100 times a second for ever, each wake taking a core from the model mid-step. Here the consumer waits on a condition that is signalled when a message is
 put on a queue or when one is acknowledged or rejected (a prefetch slot is free again), and
 looks at the queues only then. Enabled by CELERY_BROKER_TRANSPORT in chatsite/settings/celery.py.
 """
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from queue import Empty
@@ -72,5 +70,5 @@ class Transport(memory.Transport):
             except Empty:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    raise socket.timeout() from None
+                    raise TimeoutError() from None
                 _changes.wait_past(seen, remaining)

@@ -131,7 +131,7 @@ def until_next_frame_s(streams: int, now: float | None = None) -> float:
     """Seconds until the process's next frame tick. Ticks are `stream_interval_s` apart on the
     monotonic clock, the same for every reply of the process, so the replies' threads wake
     and publish together, once a tick, instead of one after another all the time: each wake
-    takes a core from the model mid-operation. What it changed: README, Benchmarks."""
+    takes a core from the model mid-operation."""
     interval = stream_interval_s(streams)
     now = time.monotonic() if now is None else now
     return interval - now % interval

@@ -3,13 +3,14 @@
 Every token frame of every reply passes through the layer twice (`group_send`, `receive`), on
 the server's event loop, while the model needs both cores. Channels' own layer, at each of
 those calls, walks every channel and every group membership looking for expired entries, and
-`group_send` makes a task per member channel. With 32 replies streaming that was about a
-tenth of the event loop's CPU (README, Benchmarks). Here expired entries are swept at most
+`group_send` makes a task per member channel. With 32 replies streaming that is about a
+tenth of the event loop's CPU. Here expired entries are swept at most
 once a second, and a group's members are sent to one after another, which is the same thing:
 `send` never waits (it puts the message on the channel's queue, or raises ChannelFull at once).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
 from channels.exceptions import ChannelFull
@@ -35,7 +36,5 @@ class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
         self.require_valid_group_name(group)
         self._clean_expired()
         for channel in list(self.groups.get(group, ())):
-            try:
+            with contextlib.suppress(ChannelFull):  # as Channels does: a full channel misses the message
                 await self.send(channel, message)
-            except ChannelFull:
-                pass  # as Channels does: a full channel misses the message

@@ -2,7 +2,7 @@
 
 Client → server: {"type": "send", "conversation": <id or null>, "content": "..."}
                  {"type": "stop"}
-Server → client: message.created, token, done, error (see the README).
+Server → client: message.created, token, done, error (docs/protocol.md).
 """
 from __future__ import annotations
 

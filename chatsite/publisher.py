@@ -68,9 +68,8 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
 def publish(message_id: int, payload: Payload) -> None:
     """Send `payload` to everyone watching `message_id`, after everything published before it
     in this process. Returns at once: the payload is queued, and the publishing loop sends the
-    queue in order. Waiting for each send cost the calling thread a wake-up per frame, and 32
-    replies' threads waking that way took the CPU from the model: queued, one burst of 32
-    streams went from 81 % to 86 % of the engine alone (README, Benchmarks)."""
+    queue in order. Waiting for each send would cost the calling thread a wake-up per frame,
+    and 32 replies' threads waking that way take the CPU from the model (docs/benchmarks.md)."""
     global _flushing_on
     loop = _publishing_loop()
     with _pending_lock:

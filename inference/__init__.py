@@ -6,11 +6,10 @@ import os
 
 # torch's CPU kernels keep a compiled primitive per input shape, in ideep's cache
 # (LRU_CACHE_CAPACITY) and oneDNN's (ONEDNN_PRIMITIVE_CACHE_CAPACITY), 1,024 entries each by
-# default. A serving batch changes shape at every join and leave, so both kept filling: memory
-# in use grew ~135 KB a request over the first thousand (`make bench` part (e): +14.6 %). At 64
-# it stays flat; no step cost seen at 32 requests (at 8 maybe: README, Benchmarks). Both are
-# read when torch first runs such a kernel, so they are set here, before any can run; the
-# environment still overrides them.
+# default. A serving batch changes shape at every join and leave, so at that size both keep
+# filling and memory grows with every request; at 64 it stays flat (`make bench` part (e),
+# docs/benchmarks.md). Both are read when torch first runs such a kernel, so they are set
+# here, before any can run; the environment still overrides them.
 for _cache in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"):
     os.environ.setdefault(_cache, "64")
 

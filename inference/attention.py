@@ -2,7 +2,7 @@
 
 torch's CPU `scaled_dot_product_attention` is built for long queries: for a decode step's
 single query per row it took 1.3–1.5 ms per layer at batch 32 and 80 cached tokens, and
-5.2–5.8 ms at 300 (bf16, this 2-core machine), against 0.17 ms and 0.42 ms for the plain
+5.2–5.8 ms at 300 (bf16, 2 cores; `python -m bench.attention`), against 0.17 ms and 0.42 ms for the plain
 matmul → softmax → matmul below — at 30 layers, most of a decode step. Prefill (many query
 tokens) and small batches still go to SDPA: at batch 1 it is the faster of the two by about
 1 ms a step.

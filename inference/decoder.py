@@ -1,10 +1,8 @@
 """One decode step of a Llama-family model, written for a batch of single new tokens.
 
 transformers' forward is general (any cache, any attention, hooks, output records); in the
-runner a decode step of the default model through it took 27.3 / 52.8 / 63.2 ms at 1 / 8 / 32
-rows on this 2-core CPU, and through this step 24.3 / 37.0 / 45.0 ms (`python -m
-bench.decoder`, the two alternated; a second run 26.1 / 35.2 / 66.1 against 21.4 / 31.8 /
-55.9). What it saves: one matmul for q, k and v and one for gate and up (the weights are
+runner this step is 10–30 % shorter than transformers' forward at 1–32 rows on a 2-core CPU
+(`python -m bench.decoder`, docs/benchmarks.md). What it saves: one matmul for q, k and v and one for gate and up (the weights are
 stacked once, the model's own modules keep views into them, so no memory is added); no
 per-layer Python machinery; and no copy of the KV cache per step — the runner keeps spare
 columns at the end of every layer's KV and this step writes the new token's key and value into
@@ -23,17 +21,12 @@ import torch
 import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-
-# Where the CPU has no native bf16 (AVX2 only, like the AMD EPYC this was measured on) the
-# model runs in fp32; a decode step of a few rows is then a matrix-vector product bound by
-# memory, and a bf16 copy of the weights halves what it reads. The matmuls of one step, fp32
-# against bf16 (input and output converted): 45.8 / 88.2 / 111 / 86.0 / 91.5 ms against
-# 28.5 / 34.0 / 52.9 / 77.6 / 106 ms at 1 / 2 / 3 / 4 / 6 rows; fp32 wins from 6 rows on.
-# Whole steps in the runner (`python -m bench.decoder --small-batch`, median of three
-# alternated runs): 57.3 / 112 / 139 / 111 / 118 ms in fp32 against 37.8 / 62.1 / 73.4 /
-# 101 / 120 ms at 1 / 2 / 3 / 4 / 5 rows. The copy costs half the weights' memory again
-# (+270 MB for the default model), and these steps compute in bf16, as the whole model
-# does on a CPU that has it.
+# Where the CPU has no native bf16 (AVX2 only) the model runs in fp32; a decode step of a few
+# rows is then a matrix-vector product bound by memory, and a bf16 copy of the weights halves
+# what it reads. Up to 4 rows the copy wins (1.5-1.9x at 1-3 rows); from about 5 rows fp32's
+# faster arithmetic does (`python -m bench.decoder --small-batch`, docs/benchmarks.md). The
+# copy costs half the weights' memory again (+270 MB for the default model), and these steps
+# compute in bf16, as the whole model does on a CPU that has it.
 SMALL_BATCH_ROWS = 4
 
 
@@ -108,7 +101,7 @@ class LlamaDecoder:
         if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
             layers, lm_head = self.small_layers, self.small_lm_head
         last = layers[-1]
-        for layer, layer_keys, layer_values in zip(layers, keys, values):
+        for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
             qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
             query = qkv[..., :q_size].view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
             key = qkv[..., q_size : q_size + kv_size].view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -142,10 +135,9 @@ def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) ->
 def _pack(weight: torch.Tensor) -> torch.Tensor:
     """A copy of a Linear weight [out, in] in oneDNN's blocked layout, as torch.compile's CPU
     backend prepacks bf16 weights. Given a plain weight, oneDNN reorders it at every product;
-    packed once, a decode step's products of the default model took 13.1 / 21.6 / 52.5 ms
-    against 9.0 / 14.2 / 53.0 (a second run 17.5 / 24.2 / 51.1 against 10.9 / 14.2 / 44.4) at
-    1 / 4 / 32 rows (AMD EPYC with AVX-512 BF16, bf16; per-shape microbenchmark). The copy
-    costs the weights' memory again: the model's own stay for prefill and the embedding."""
+    packed once, a decode step is 12–30 % shorter at 1–32 rows (`python -m bench.decoder
+    --prepack`). The copy costs the weights' memory again: the model's own stay for prefill
+    and the embedding."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
 
@@ -156,7 +148,7 @@ def _packed(layers: list[_Layer], lm_head: tuple) -> tuple[list[_Layer], tuple]:
 
 
 class _Layer:
-    __slots__ = ("input_norm", "qkv", "qkv_bias", "o", "o_bias", "post_norm", "gate_up", "gate_up_bias", "down", "down_bias")
+    __slots__ = ("down", "down_bias", "gate_up", "gate_up_bias", "input_norm", "o", "o_bias", "post_norm", "qkv", "qkv_bias")
 
 
 def _fuse(layer) -> _Layer:

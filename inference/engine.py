@@ -320,7 +320,7 @@ class Engine:
                 [not self._may_end(requests[row]) for row in rows],
                 self.eos_token_ids,
             )
-            for row, token in zip(rows, tokens):
+            for row, token in zip(rows, tokens, strict=True):
                 greedy_tokens[row] = token
         return [
             request
@@ -378,7 +378,7 @@ class Engine:
     def _charge(self, requests: list[Request], seconds: float, weights: list[int] | None = None) -> None:
         weights = weights or [1] * len(requests)
         total = sum(weights)
-        for request, weight in zip(requests, weights):
+        for request, weight in zip(requests, weights, strict=True):
             request.usage.compute_s += seconds * weight / total
         self.stats.busy_s += seconds
 

@@ -6,13 +6,13 @@ import itertools
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from inference.sampling import SamplingParams
 
 
-class RequestStatus(str, enum.Enum):
+class RequestStatus(enum.StrEnum):
     """Where a request stands. The chat's Message.status mirrors these values."""
 
     PENDING = "pending"  # queued, not yet admitted to a batch

@@ -149,7 +149,7 @@ class ModelRunner:
         logits = {}
         for group, skip in ((shared, prefix), (own, 0)):
             if group:
-                logits.update(zip(group, self._prefill(group, skip)))
+                logits.update(zip(group, self._prefill(group, skip), strict=True))
         return torch.stack([logits[request_id] for request_id in sequences])
 
     def _prefill(self, sequences: dict[int, list[int]], skip: int) -> torch.Tensor:
@@ -201,7 +201,7 @@ class ModelRunner:
         self._mask = torch.cat([self._mask, ones], dim=1)
         self._lengths = [length + 1 for length in self._lengths]
         if self._decoder is None:
-            cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values)))
+            cache = DynamicCache(ddp_cache_data=list(zip(self._keys, self._values, strict=True)))
             output = self.model(
                 input_ids=input_ids,
                 attention_mask=self._mask if self._padded else None,
@@ -281,8 +281,8 @@ class ModelRunner:
             columns = self._mask.shape[1]
             width = max(columns, mask.shape[1])
             self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
-            self._keys = [self._lay_out([old[:, :, :columns], new.keys], width) for old, new in zip(self._keys, cache.layers)]
-            self._values = [self._lay_out([old[:, :, :columns], new.values], width) for old, new in zip(self._values, cache.layers)]
+            self._keys = [self._lay_out([old[:, :, :columns], new.keys], width) for old, new in zip(self._keys, cache.layers, strict=True)]
+            self._values = [self._lay_out([old[:, :, :columns], new.values], width) for old, new in zip(self._values, cache.layers, strict=True)]
         self._padded = not bool(self._mask.all())
 
     def _each_kv(self, relayout) -> None:

@@ -1,5 +1,6 @@
 """Django settings. Every value comes from the environment with a default that runs the
-embedded mode (SQLite, in-memory channel layer, in-process worker); see the README's table.
+embedded mode (SQLite, in-memory channel layer, in-process worker); docs/configuration.md
+lists every variable.
 """
 from __future__ import annotations
 
@@ -153,10 +154,10 @@ LOGGING = {
     "loggers": {"daphne": {"level": "WARNING"}, "stripe": {"level": "WARNING"}},  # stripe logs each request at INFO
 }
 
-from chatsite.settings.channels import *  # noqa: E402,F401,F403
-from chatsite.settings.celery import *  # noqa: E402,F401,F403
-from chatsite.settings.inference import *  # noqa: E402,F401,F403
-from chatsite.settings.billing import *  # noqa: E402,F401,F403
+from chatsite.settings.billing import *  # noqa: E402, F403
+from chatsite.settings.celery import *  # noqa: E402, F403
+from chatsite.settings.channels import *  # noqa: E402, F403
+from chatsite.settings.inference import *  # noqa: E402, F403
 
 if DATABASES["default"]["ENGINE"] == "chatsite.sqlite":
     # Celery's Django fix-up closes every connection of the task's thread before and after

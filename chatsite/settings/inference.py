@@ -22,7 +22,8 @@ CHAT_GENERATION_TIMEOUT_S = env_float("CHAT_GENERATION_TIMEOUT_S", 300.0)  # the
 CHAT_STREAM_INTERVAL_S = env_float("CHAT_STREAM_INTERVAL_S", 0.1)  # shortest gap between token frames
 # Token frames a worker process sends per second, all its replies together: beyond
 # CHAT_STREAM_FRAMES_PER_S × CHAT_STREAM_INTERVAL_S replies at once, each reply's frames come
-# further apart and carry more tokens (0: no limit). Why: README, Benchmarks.
+# further apart and carry more tokens (0: no limit). Each frame costs the server the same CPU
+# whatever it carries, and on a busy worker that CPU is taken from the model.
 CHAT_STREAM_FRAMES_PER_S = env_float("CHAT_STREAM_FRAMES_PER_S", 100.0)
 CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
 CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming

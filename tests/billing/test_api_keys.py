@@ -25,6 +25,6 @@ def test_last_use_is_written_at_most_once_a_minute(make_user, monkeypatch):
     key, raw = api_key_create(user=make_user(), name="script")
     start = timezone.now()
     for offset, expected in ((0, 0), (59, 0), (61, 61)):
-        monkeypatch.setattr(api_keys.timezone, "now", lambda: start + datetime.timedelta(seconds=offset))
+        monkeypatch.setattr(api_keys.timezone, "now", lambda offset=offset: start + datetime.timedelta(seconds=offset))
         api_key_authenticate(raw_key=raw)
         assert ApiKey.objects.get(id=key.id).last_used_at == start + datetime.timedelta(seconds=expected)

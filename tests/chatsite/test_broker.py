@@ -30,7 +30,7 @@ def _drain_in_thread(connection, timeout: float) -> dict:
         try:
             connection.drain_events(timeout=timeout)
             outcome["returned_after_s"] = time.monotonic() - started
-        except socket.timeout:
+        except TimeoutError:
             outcome["timed_out_after_s"] = time.monotonic() - started
 
     thread = threading.Thread(target=drain)

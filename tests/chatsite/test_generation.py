@@ -164,7 +164,7 @@ def test_every_reply_of_the_process_waits_for_the_same_frame_tick(settings):
     assert 10.0 + until_next_frame_s(32, now=10.0) == pytest.approx(10.24)
 
 
-@pytest.mark.parametrize("frames_per_s, few", [(1 / 60, True), (0.0, False)])
+@pytest.mark.parametrize(("frames_per_s", "few"), [(1 / 60, True), (0.0, False)])
 def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_engine, settings, monkeypatch, frames_per_s, few):
     """Tokens come every 20 ms and the interval is 10 ms; a budget of one frame a minute
     stretches the one reply's interval past the whole answer (a frame for the first token, at

@@ -10,6 +10,7 @@ import pytest
 
 from tests.e2e.servers import create_api_key, sign_up
 
+
 @pytest.fixture(scope="module")
 def account(embedded_server):
     session = sign_up(embedded_server.url, "api-user")

@@ -68,7 +68,7 @@ def test_cancel_ends_the_request_keeping_its_text_and_frees_the_slot(one_slot_en
     first = next(long.events(timeout=30))
     assert isinstance(first, TokenEvent)
     long.cancel("stop")
-    text, tokens, finish = run(long)
+    finish = run(long)[2]
     assert finish.status is RequestStatus.STOPPED and finish.reason == "stop"
     assert 1 <= finish.usage.completion_tokens < 900
     assert len(long.output_ids) == finish.usage.completion_tokens
@@ -116,7 +116,7 @@ def test_a_bf16_engine_decodes_with_prepacked_weights_where_onednn_computes_bf16
     engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="bf16"))
     try:
         assert engine.runner.prepacked is can_prepack(torch.bfloat16, engine.runner.device)
-        text, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
+        _, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
         assert finish.status is RequestStatus.DONE and len(tokens) == 8
     finally:
         engine.shutdown()
@@ -131,7 +131,7 @@ def test_auto_dtype_without_native_bf16_decodes_small_steps_with_a_bf16_copy(tin
         assert engines["auto"].runner.small_batch_dtype is torch.bfloat16
         assert engines["fp32"].runner.small_batch_dtype is None
         for engine in engines.values():
-            text, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
+            _, tokens, finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))
             assert finish.status is RequestStatus.DONE and len(tokens) == 8
     finally:
         for engine in engines.values():
@@ -190,8 +190,8 @@ def test_min_tokens_and_ignore_eos_hold_off_the_end_of_sequence(engine):
     eos = next(iter(engine.eos_token_ids))
     # A prompt that ends in the chat template's end token makes the tiny model likely to repeat it;
     # whatever it does, it may not end before min_tokens nor ever with ignore_eos.
-    ids = prompt(engine) + [eos]
-    _, tokens, finish = run(engine.submit(ids, SamplingParams(temperature=1.0, seed=3, max_new_tokens=20, min_tokens=20)))
+    ids = [*prompt(engine), eos]
+    finish = run(engine.submit(ids, SamplingParams(temperature=1.0, seed=3, max_new_tokens=20, min_tokens=20)))[2]
     assert finish.usage.completion_tokens == 20 and finish.reason == "length"
     _, _, finish = run(engine.submit(ids, SamplingParams(temperature=1.0, seed=3, max_new_tokens=30, ignore_eos=True)))
     assert finish.usage.completion_tokens == 30
@@ -278,7 +278,7 @@ def test_a_plus_request_gets_its_first_token_within_the_decode_step_under_way(ti
         assert plus_finish.usage.completion_tokens == 8 and plus_finish.usage.compute_s > 0
         assert [run(free)[0] for free in frees] == [alone["one"], alone["two"]]  # the preempted one resumed intact
         assert sum(f.preemptions for f in frees) == 1
-        requests = frees + [seen["plus"]]
+        requests = [*frees, seen["plus"]]
         assert engine.snapshot().busy_s >= sum(r.usage.compute_s for r in requests)
     finally:
         engine.shutdown()
