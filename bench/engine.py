@@ -1,7 +1,8 @@
 """`make bench`: the engine against plain `model.generate`, on the default model.
 
-Prints a table and writes bench/results/<name>.json (default name: engine). Every request
-generates exactly NEW_TOKENS tokens (ignore_eos / min_new_tokens) so runs compare.
+Prints a table and writes bench/results/<name>.json, by default named by the machine's kind
+and the date (`cpu-intel-bf16-2026-12-04`). Every request generates exactly NEW_TOKENS tokens
+(ignore_eos / min_new_tokens) so runs compare.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ _baseline: dict = {}
 
 def _baseline_load() -> None:
     source = resolve_model_source("")
-    _baseline["tokenizer"] = tokenizer = load_tokenizer(source)
+    _baseline["tokenizer"] = load_tokenizer(source)
     _baseline["model"] = model = load_model(source, dtype=pick_dtype(pick_device("auto")))
     with torch.inference_mode():
         model.generate(_baseline_ids(0), max_new_tokens=4, do_sample=False)  # warm-up
@@ -184,9 +185,31 @@ def memory(engine: Engine) -> dict:
     return marks
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_kind(device: str, dtype: torch.dtype) -> str:
+    """What results are filed under: the device, the CPU's maker and the dtype the engine
+    picked (`cpu-amd-fp32`, `cpu-intel-bf16`, `cuda-bf16`). Figures differ most between these."""
+    short_dtype = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}.get(dtype, str(dtype))
+    if device != "cpu":
+        return f"{device}-{short_dtype}"
+    name = cpu_model().lower()
+    maker = "intel" if "intel" in name else "amd" if "amd" in name else platform.machine()
+    return f"cpu-{maker}-{short_dtype}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name", default="engine")
+    parser.add_argument("--name", default="", help="results file name; default: the machine's kind and the date")
     parser.add_argument("--skip-http", action="store_true", help="leave out (d), the HTTP end-to-end part")
     args = parser.parse_args()
 
@@ -232,10 +255,11 @@ def main() -> None:
     r = result["rss_mb"]
     print(f"(e) rss after 100 requests {r['100']:.0f} MB, after 1000 {r['1000']:.0f} MB ({(r['1000'] / r['100'] - 1) * 100:+.1f} %)")
     engine.shutdown()
-    result["machine"] = f"{platform.machine()}, {os.cpu_count()} cores, {platform.processor() or 'cpu'}; torch {torch.__version__}; {engine.runner.dtype}"
+    result["machine"] = f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; {engine.runner.dtype}"
+    result["kind"] = machine_kind(engine.runner.device.type, engine.runner.dtype)
     result["date"] = datetime.date.today().isoformat()
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{args.name}.json"
+    path = RESULTS / f"{args.name or result['kind'] + '-' + result['date']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 
