@@ -207,6 +207,9 @@ def _finish(reply: Message, content: str, finish: FinishEvent) -> None:
             decode_s=usage.decode_s,
             compute_s=usage.compute_s,
         )
+    if reply.status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
+        publisher.publish_error(reply.id, error=reply.error)
+        return
     publisher.publish_done(
         reply.id, status=reply.status, finish_reason=reply.finish_reason, content=content, usage=asdict(usage)
     )

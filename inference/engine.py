@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking again
 RELEASE_EVERY_S = 10.0  # while busy, how often freed KV memory is handed back to the system
+ENGINE_ERROR = "error: internal engine error"  # the finish reason of a request the engine failed
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ class Engine:
             candidates = [
                 Request(
                     prompt_ids=request.prompt_ids,
-                    params=replace(params, best_of=1, seed=None if params.seed is None else params.seed + n),
+                    params=replace(params, best_of=1, seed=params.candidate_seed(n)),
                     priority=priority,
                     arrival_time=request.arrival_time,
                     parent=request,
@@ -222,7 +223,21 @@ class Engine:
             except Exception:  # a bug here must fail the requests, not hang their callers
                 logger.exception("engine step failed")
                 with self._lock:
-                    self._end_everything(RequestStatus.FAILED, "error: internal engine error")
+                    self._recover_from_failed_step()
+
+    def _recover_from_failed_step(self) -> None:
+        """After a step raised, the batch's KV may be half-updated: drop it and put its requests
+        back in the queue to be prefilled again with their text so far, as preemption does.
+        A request that was in a failed step before fails now, so one that breaks every step it
+        joins cannot keep the engine retrying. Call holding the lock."""
+        self.runner.clear()
+        self._early.clear()
+        for request in self._scheduler.requeue_running():
+            if request.failed_steps:
+                self._scheduler.discard(request)
+                self._end(request, RequestStatus.FAILED, ENGINE_ERROR)
+            else:
+                request.failed_steps += 1
 
     def _end_everything(self, status: RequestStatus, reason: str) -> None:
         """End every request, waiting or running, and empty the batch. Call holding the lock."""
@@ -296,7 +311,7 @@ class Engine:
             with self._lock:
                 for request in done:
                     self._scheduler.discard(request)
-                    self._end(request, RequestStatus.DONE, request.finish_reason)
+                    self._end_finished(request)
 
     def _admit(self, requests: list[Request]) -> None:
         now = time.time()
@@ -315,18 +330,27 @@ class Engine:
         greedy_tokens = [None] * len(requests)
         if any(plain):
             rows = [row for row, is_plain in enumerate(plain) if is_plain]
-            tokens = greedy_batch(
-                logits[rows] if len(rows) < len(requests) else logits,
-                [not self._may_end(requests[row]) for row in rows],
-                self.eos_token_ids,
-            )
-            for row, token in zip(rows, tokens, strict=True):
-                greedy_tokens[row] = token
-        return [
-            request
-            for row, request in enumerate(requests)
-            if self._accept(request, logits[row], greedy_tokens[row])
-        ]
+            try:
+                tokens = greedy_batch(
+                    logits[rows] if len(rows) < len(requests) else logits,
+                    [not self._may_end(requests[row]) for row in rows],
+                    self.eos_token_ids,
+                )
+            except Exception:  # decided row by row below, where a failure is one request's
+                logger.exception("batched greedy choice failed; choosing row by row")
+            else:
+                for row, token in zip(rows, tokens, strict=True):
+                    greedy_tokens[row] = token
+        finished = []
+        for row, request in enumerate(requests):
+            try:
+                if self._accept(request, logits[row], greedy_tokens[row]):
+                    finished.append(request)
+            except Exception:  # one request's bad numbers must not end the others
+                logger.exception("request %s failed while choosing its next token", request.id)
+                request.error = ENGINE_ERROR
+                finished.append(request)
+        return finished
 
     @staticmethod
     def _may_end(request: Request) -> bool:
@@ -390,7 +414,14 @@ class Engine:
         with self._lock:
             for request in finished:
                 self._scheduler.retire(request)
-                self._end(request, RequestStatus.DONE, request.finish_reason)
+                self._end_finished(request)
+
+    def _end_finished(self, request: Request) -> None:
+        """End a request `_accept_all` returned: done, or failed where it carries an error."""
+        if request.error:
+            self._end(request, RequestStatus.FAILED, request.error)
+        else:
+            self._end(request, RequestStatus.DONE, request.finish_reason)
 
     def _end(self, request: Request, status: RequestStatus, reason: str) -> None:
         """Free the request's state and tell its reader (or its best-of-n parent)."""

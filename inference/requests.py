@@ -75,6 +75,8 @@ class Request:
     usage: Usage = field(default_factory=Usage)
     finish_reason: str | None = None
     preemptions: int = 0  # times it was taken out of the batch for a higher-priority request
+    failed_steps: int = 0  # engine steps that raised while it was in the batch
+    error: str | None = None  # set by the engine when this request alone failed
     cumulative_logprob: float = 0.0  # sum of the model's log-probabilities of its tokens
     parent: Request | None = field(default=None, repr=False)  # set on best-of-n candidates
     candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request

@@ -6,7 +6,17 @@ from dataclasses import dataclass
 import torch
 
 MAX_STOP_STRINGS = 8
+MAX_STOP_CHARS = 256  # per stop string: every token is compared with each one's tail
 MAX_BEST_OF = 16
+MAX_NEW_TOKENS = 1_000_000
+MAX_TOP_K = 1_000_000
+MAX_SEED = 2**63 - 1  # torch's generator takes a signed 64-bit seed
+# Below this temperature a request is greedy: dividing logits by a tiny temperature overflows
+# float32 to inf and the softmax to NaN (vLLM's _SAMPLING_EPS).
+GREEDY_BELOW_TEMPERATURE = 1e-5
+# A repetition penalty divides or multiplies logits; below this it overflows them the same way.
+MIN_REPETITION_PENALTY = 0.01
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass(frozen=True)
@@ -26,24 +36,28 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if not _whole(self.max_new_tokens) or self.max_new_tokens < 1:
-            problems.append("max_new_tokens must be a whole number of at least 1")
+        if not _whole(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            problems.append(f"max_new_tokens must be a whole number between 1 and {MAX_NEW_TOKENS:,}")
         if not _number(self.temperature) or not 0.0 <= self.temperature <= 2.0:
             problems.append("temperature must be between 0 and 2")
-        if not _whole(self.top_k) or self.top_k < 0:
-            problems.append("top_k must be a whole number of at least 0")
+        if not _whole(self.top_k) or not 0 <= self.top_k <= MAX_TOP_K:
+            problems.append(f"top_k must be a whole number between 0 and {MAX_TOP_K:,}")
         if not _number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             problems.append("top_p must be greater than 0 and at most 1")
-        if not _number(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 10.0:
-            problems.append("repetition_penalty must be greater than 0 and at most 10")
-        if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS or not all(
-            isinstance(s, str) and s for s in self.stop
+        if not _number(self.repetition_penalty) or not (
+            MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY
         ):
-            problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings")
+            problems.append(
+                f"repetition_penalty must be between {MIN_REPETITION_PENALTY} and {MAX_REPETITION_PENALTY:g}"
+            )
+        if not isinstance(self.stop, tuple) or len(self.stop) > MAX_STOP_STRINGS or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_STOP_CHARS for s in self.stop
+        ):
+            problems.append(f"stop must be at most {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters")
         if not _whole(self.min_tokens) or not 0 <= self.min_tokens <= (self.max_new_tokens if _whole(self.max_new_tokens) else 0):
             problems.append("min_tokens must be a whole number between 0 and max_new_tokens")
-        if self.seed is not None and (not _whole(self.seed) or self.seed < 0):
-            problems.append("seed must be a whole number of at least 0")
+        if self.seed is not None and (not _whole(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            problems.append(f"seed must be a whole number between 0 and {MAX_SEED}")
         if not _whole(self.best_of) or not 1 <= self.best_of <= MAX_BEST_OF:
             problems.append(f"best_of must be a whole number between 1 and {MAX_BEST_OF}")
         if problems:
@@ -51,7 +65,12 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0.0
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
+
+    def candidate_seed(self, n: int) -> int | None:
+        """The seed of best-of-n candidate `n`: the request's seed and the next ones, wrapping
+        within the generator's range."""
+        return None if self.seed is None else (self.seed + n) % (MAX_SEED + 1)
 
 
 def _whole(value) -> bool:
@@ -105,7 +124,10 @@ def sample(
         # Drop a token when the ones before it already reach top_p; the first always stays.
         drop_sorted = (sorted_probabilities.cumsum(dim=-1) - sorted_probabilities) >= params.top_p
         logits[order[drop_sorted]] = float("-inf")
-    token = int(torch.multinomial(torch.softmax(logits, dim=-1), num_samples=1, generator=generator))
+    probabilities = torch.softmax(logits, dim=-1)
+    if not bool(torch.isfinite(probabilities).all()):
+        raise ValueError("the logits gave probabilities that are not finite")
+    token = int(torch.multinomial(probabilities, num_samples=1, generator=generator))
     return token, float(log_probabilities[token])
 
 

@@ -112,6 +112,14 @@ class Scheduler:
         self.running, self._waiting, self._order = [], [], {}
         return everything
 
+    def requeue_running(self) -> list[Request]:
+        """Put every running request back in the waiting queue in its old place (their KV is
+        gone, as after preemption); return them."""
+        requeued, self.running = self.running, []
+        for request in requeued:
+            self.add(request)
+        return requeued
+
     def retire(self, request: Request) -> None:
         self.running.remove(request)
         self._order.pop(request.id, None)

@@ -328,3 +328,69 @@ def test_a_request_prefilled_mid_step_that_never_joins_leaves_no_row_behind(tiny
         assert not engine.snapshot().waiting
     finally:
         engine.shutdown()
+
+
+def test_a_vanishing_temperature_is_greedy_beside_another_running_request(engine):
+    greedy = SamplingParams(temperature=0, max_new_tokens=24)
+    alone = run(engine.submit(prompt(engine, "one"), greedy))[0]
+    running = engine.submit(prompt(engine, "two"), SamplingParams(temperature=0.8, seed=1, max_new_tokens=40))
+    tiny = engine.submit(prompt(engine, "one"), SamplingParams(temperature=1e-300, max_new_tokens=24))
+    text, _, finish = run(tiny)
+    assert finish.status is RequestStatus.DONE and text == alone
+    assert run(running)[2].status is RequestStatus.DONE
+
+
+def test_a_request_whose_sampling_fails_fails_alone(engine, monkeypatch):
+    from inference import engine as engine_module
+
+    real_sample = engine_module.sample
+
+    def sample(logits, params, *args, **kwargs):
+        if params.seed == 666:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_sample(logits, params, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample", sample)
+    others = [engine.submit(prompt(engine, text), SamplingParams(temperature=0.7, seed=n, max_new_tokens=30))
+              for n, text in enumerate(("one", "two", "three"))]
+    doomed = engine.submit(prompt(engine, "four"), SamplingParams(temperature=0.7, seed=666, max_new_tokens=30))
+    finish = run(doomed)[2]
+    assert finish.status is RequestStatus.FAILED and finish.reason.startswith("error:")
+    for request in others:
+        _, tokens, finish = run(request)
+        assert finish.status is RequestStatus.DONE and len(tokens) > 0
+    assert run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=4)))[2].status is RequestStatus.DONE
+
+
+def test_a_step_that_fails_once_is_retried_and_the_answers_are_unchanged(engine, monkeypatch):
+    greedy = SamplingParams(temperature=0, max_new_tokens=20)
+    alone = {text: run(engine.submit(prompt(engine, text), greedy))[0] for text in ("one", "two")}
+    real_decode, calls = engine.runner.decode, []
+
+    def decode(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("a device error in the middle of a step")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "decode", decode)
+    together = {text: engine.submit(prompt(engine, text), greedy) for text in alone}
+    results = {text: run(request) for text, request in together.items()}
+    assert len(calls) > 5
+    assert {text: result[0] for text, result in results.items()} == alone
+    assert all(result[2].status is RequestStatus.DONE for result in results.values())
+
+
+def test_requests_in_two_failed_steps_fail_and_the_engine_serves_on(engine, monkeypatch):
+    real_decode, broken = engine.runner.decode, [True]
+
+    def decode(*args, **kwargs):
+        if broken[0]:
+            raise RuntimeError("the device is gone")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(engine.runner, "decode", decode)
+    finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))[2]
+    assert finish.status is RequestStatus.FAILED
+    broken[0] = False
+    assert run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))[2].status is RequestStatus.DONE

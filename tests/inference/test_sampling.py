@@ -25,6 +25,16 @@ def pick(logits, params, seed=0, **kwargs):
         ({"stop": tuple("abcdefghij")}, "stop"),
         ({"min_tokens": 10, "max_new_tokens": 5}, "min_tokens"),
         ({"seed": -3}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"seed": 2**63}, "seed"),
+        ({"temperature": float("nan")}, "temperature"),
+        ({"temperature": float("inf")}, "temperature"),
+        ({"top_p": float("nan")}, "top_p"),
+        ({"top_k": 10**30}, "top_k"),
+        ({"repetition_penalty": 1e-300}, "repetition_penalty"),
+        ({"repetition_penalty": float("nan")}, "repetition_penalty"),
+        ({"max_new_tokens": 10**30}, "max_new_tokens"),
+        ({"stop": ("x" * 257,)}, "stop"),
         ({"best_of": 0}, "best_of"),
         ({"best_of": 17}, "best_of"),
     ],
@@ -86,3 +96,24 @@ def test_greedy_batch_takes_each_rows_best_and_honours_bans_per_row():
     logits = torch.tensor([[0.0, 5.0, 4.0], [0.0, 5.0, 4.0], [3.0, 1.0, 2.0]]).to(torch.bfloat16)
     assert greedy_batch(logits, [False, False, False], set()) == [1, 1, 0]
     assert greedy_batch(logits, [True, False, True], {1}) == [2, 1, 0]
+
+
+def test_a_temperature_too_small_to_divide_by_is_greedy():
+    logits = torch.tensor([0.5, 3.0, 2.9, -1.0])
+    params = SamplingParams(temperature=1e-300)
+    assert params.greedy
+    assert {pick(logits, params, seed) for seed in range(20)} == {1}
+
+
+def test_best_of_candidate_seeds_stay_within_the_generators_range():
+    params = SamplingParams(seed=2**63 - 1, best_of=3)
+    seeds = [params.candidate_seed(n) for n in range(3)]
+    assert seeds == [2**63 - 1, 0, 1]
+    for seed in seeds:
+        make_generator(seed)
+    assert SamplingParams().candidate_seed(2) is None
+
+
+def test_logits_that_give_no_finite_probabilities_raise_instead_of_sampling_garbage():
+    with pytest.raises(ValueError, match="not finite"):
+        pick(torch.tensor([float("nan"), 1.0, 2.0]), SamplingParams(temperature=1.0))
