@@ -1,5 +1,6 @@
 """The API's watcher: what the workers publish for a call's replies, in order, until a deadline."""
 import asyncio
+import json
 import time
 
 import pytest
@@ -38,3 +39,46 @@ async def test_the_watcher_gives_up_at_its_deadline():
     assert 0.15 <= time.monotonic() - started < 2
     for task in watcher._readers:
         task.cancel()
+
+
+@pytest.fixture
+def api_key(make_user):
+    from billing.api_keys import api_key_create
+
+    return api_key_create(user=make_user(), name="tests")[1]
+
+
+def post_completion(api_key, **body):
+    from django.test import AsyncClient
+
+    payload = {"model": "SmolLM2-135M-Instruct", "messages": [{"role": "user", "content": "Hello"}], **body}
+    return AsyncClient().post(
+        "/v1/chat/completions", data=json.dumps(payload), content_type="application/json",
+        headers={"Authorization": f"Bearer {api_key}"},
+    )
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_stream_whose_generation_fails_ends_with_an_error_event_not_a_normal_stop(api_key, monkeypatch):
+    from inference import engine as engine_module
+
+    real_sample = engine_module.sample
+
+    def sample(logits, params, *args, **kwargs):
+        if params.seed == 666:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_sample(logits, params, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample", sample)
+    response = await post_completion(api_key, stream=True, temperature=0.7, seed=666, max_tokens=20)
+    assert response.status_code == 200
+    events = [
+        line[len(b"data: "):]
+        for chunk in [piece async for piece in response.streaming_content]
+        for line in chunk.splitlines()
+        if line.startswith(b"data: ")
+    ]
+    bodies = [json.loads(event) for event in events if event != b"[DONE]"]
+    assert bodies[-1]["error"]["type"] == "server_error"
+    assert not [choice for body in bodies for choice in body.get("choices", []) if choice.get("finish_reason")]

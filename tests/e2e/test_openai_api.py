@@ -1,4 +1,5 @@
 """/v1/ with the official `openai` client against a running server (embedded mode, tiny model)."""
+import concurrent.futures
 import json
 import sqlite3
 import time
@@ -98,6 +99,8 @@ def test_no_key_gets_401_in_openais_error_shape(embedded_server):
         ({"max_tokens": 100_000}, openai.BadRequestError),
         ({"n": 2}, openai.BadRequestError),  # the Free plan allows one choice
         ({"model": "gpt-4o"}, openai.NotFoundError),
+        ({"seed": 18446744073709551616}, openai.BadRequestError),
+        ({"extra_body": {"repetition_penalty": 1e-300}}, openai.BadRequestError),
     ],
 )
 def test_invalid_requests_are_refused_and_save_nothing(embedded_server, client, model, kwargs, error):
@@ -106,6 +109,22 @@ def test_invalid_requests_are_refused_and_save_nothing(embedded_server, client, 
         client.chat.completions.create(**{"model": model, "messages": [{"role": "user", "content": "hi"}], **kwargs})
     assert caught.value.body["message"]
     assert rows(embedded_server, "SELECT count(*) FROM chatsite_message")[0][0] == before
+
+
+def test_parameters_that_once_broke_the_engine_leave_another_users_reply_whole(embedded_server, client, model):
+    """temperature 1e-300 and a 64-bit seed used to fail every running reply of every user."""
+    other = sign_up(embedded_server.url, "api-bystander")
+    bystander = openai.OpenAI(base_url=embedded_server.url + "/v1", api_key=create_api_key(other), max_retries=0)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(ask, bystander, model, "Tell me a long story", max_tokens=200,
+                              extra_body={"ignore_eos": True})
+        time.sleep(0.3)
+        greedy = ask(client, model, "Hello", max_tokens=8, temperature=1e-300)
+        with pytest.raises(openai.BadRequestError):
+            ask(client, model, "Hello", max_tokens=8, seed=2**64)
+        story = running.result(timeout=120)
+    assert greedy.choices[0].message.content == ask(client, model, "Hello", max_tokens=8, temperature=0).choices[0].message.content
+    assert story.choices[0].finish_reason == "length" and story.usage.completion_tokens == 200
 
 
 def test_a_revoked_key_stops_working(embedded_server, account, model):
