@@ -26,6 +26,9 @@ class Plan:
     max_input_chars: int  # longest message a user may send
     max_output_tokens: int  # longest answer the model may write
     max_best_of: int  # most answers or candidates one request may ask for: API `n` and `best_of`
+    max_messages_per_call: int  # most messages in one API call
+    max_total_chars: int  # most characters in one API call's messages together
+    max_prompt_tokens: int  # most prompt tokens of one API call once the chat template is applied
     priority: int  # engine priority; higher is admitted first
     queue: str  # Celery queue the generation goes to
 

@@ -24,7 +24,9 @@ from billing.quota import QuotaExceeded, QuotaStatus
 from chatsite import openai_protocol as wire
 from chatsite import services
 from chatsite.embedded import embedded_worker_ensure
+from chatsite.prompt_limits import prompt_limit_check
 from chatsite.publisher import generation_group
+from inference.prompts import PromptTooLong
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +86,13 @@ def _accept(request: HttpRequest):
         max_input_chars=plan.max_input_chars,
         max_output_tokens=plan.max_output_tokens,
         max_choices=plan.max_best_of,
+        max_messages=plan.max_messages_per_call,
+        max_total_chars=plan.max_total_chars,
     )
+    try:
+        prompt_limit_check(parsed.messages, max_prompt_tokens=plan.max_prompt_tokens)
+    except PromptTooLong as error:
+        raise wire.ApiError(400, str(error), param="messages", code="context_length_exceeded") from None
     replies, quota = services.api_completion_create(
         user=user, plan=plan, messages=parsed.messages, sampling=parsed.sampling, n=parsed.n
     )

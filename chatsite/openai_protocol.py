@@ -6,6 +6,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from chatsite.untrusted import UntrustedInputError, json_loads, text_problem
 from inference import SamplingParams
 
 ROLES = {"system", "user", "assistant", "developer"}
@@ -35,13 +36,20 @@ class ChatCompletionRequest:
 
 
 def parse_chat_completion(
-    body: bytes, *, model_name: str, max_input_chars: int, max_output_tokens: int, max_choices: int
+    body: bytes,
+    *,
+    model_name: str,
+    max_input_chars: int,
+    max_output_tokens: int,
+    max_choices: int,
+    max_messages: int = 64,
+    max_total_chars: int = 16000,
 ) -> ChatCompletionRequest:
     """Validate a /v1/chat/completions body against the model and the caller's plan."""
     try:
-        data = json.loads(body)
-    except ValueError:
-        raise ApiError(400, "We could not parse the JSON body of your request.") from None
+        data = json_loads(body)
+    except UntrustedInputError as error:
+        raise ApiError(400, f"We could not parse the JSON body of your request: {error}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     model = data.get("model")
@@ -59,7 +67,7 @@ def parse_chat_completion(
     if response_format and (not isinstance(response_format, dict) or response_format.get("type") != "text"):
         raise ApiError(400, "Only the `text` response_format is supported.", param="response_format")
 
-    messages = _messages(data.get("messages"), max_input_chars)
+    messages = _messages(data.get("messages"), max_input_chars, max_messages, max_total_chars)
     stream = _typed(data, "stream", bool, False)
     stream_options = data.get("stream_options") or {}
     if not isinstance(stream_options, dict):
@@ -111,13 +119,17 @@ def parse_chat_completion(
     )
 
 
-def _messages(raw, max_input_chars: int) -> list[dict[str, str]]:
+def _messages(raw, max_input_chars: int, max_messages: int, max_total_chars: int) -> list[dict[str, str]]:
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "`messages` must be a non-empty list.", param="messages")
+    if len(raw) > max_messages:
+        raise ApiError(400, f"`messages` has {len(raw):,} messages; your plan allows {max_messages:,} in one call.",
+                       param="messages")
     messages = []
+    total_chars = 0
     for index, message in enumerate(raw):
         param = f"messages.[{index}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLES:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or message["role"] not in ROLES:
             raise ApiError(400, f"{param} must be an object with a role of {', '.join(sorted(ROLES))}.", param=param)
         content = message.get("content")
         if isinstance(content, list):  # [{"type": "text", "text": "..."}]
@@ -130,6 +142,12 @@ def _messages(raw, max_input_chars: int) -> list[dict[str, str]]:
         if len(content) > max_input_chars:
             raise ApiError(400, f"{param}.content has {len(content):,} characters; your plan allows {max_input_chars:,}.",
                            param=f"{param}.content")
+        if problem := text_problem(content):
+            raise ApiError(400, f"{param}.content {problem}.", param=f"{param}.content")
+        total_chars += len(content)
+        if total_chars > max_total_chars:
+            raise ApiError(400, f"The messages have more than {max_total_chars:,} characters together, "
+                                "your plan's limit for one call.", param="messages")
         role = "system" if message["role"] == "developer" else message["role"]
         messages.append({"role": role, "content": content})
     return messages

@@ -6,9 +6,10 @@ Server → client: message.created, token, done, error (docs/protocol.md).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Literal, TypedDict
+
+from chatsite.untrusted import UntrustedInputError, json_loads, text_problem
 
 
 class ProtocolError(Exception):
@@ -36,9 +37,9 @@ def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame
     if text is None:
         raise ProtocolError("bad_frame", "Frames must be JSON text, not binary.")
     try:
-        frame = json.loads(text)
-    except ValueError:
-        raise ProtocolError("bad_json", "The frame is not valid JSON.") from None
+        frame = json_loads(text)
+    except UntrustedInputError as error:
+        raise ProtocolError("bad_json", f"The frame is not valid JSON: {error}") from None
     if not isinstance(frame, dict):
         raise ProtocolError("bad_frame", "A frame must be a JSON object with a \"type\".")
     kind = frame.get("type")
@@ -55,6 +56,8 @@ def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame
     content = content.strip()
     if not content:
         raise ProtocolError("empty_content", "The message is empty.")
+    if problem := text_problem(content):
+        raise ProtocolError("bad_text", f"The message {problem}.")
     if len(content) > max_content_chars:
         raise ProtocolError(
             "too_long", f"The message has {len(content):,} characters; your plan allows {max_content_chars:,}."

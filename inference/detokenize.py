@@ -1,6 +1,8 @@
 """Turn a growing list of token ids into text deltas, never splitting a character."""
 from __future__ import annotations
 
+from inference.prompts import tokenizer_lock
+
 
 class IncrementalDetokenizer:
     """Decode only a short window around the new token (as TGI and vLLM do), not the whole text.
@@ -11,6 +13,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer) -> None:
         self._tokenizer = tokenizer
+        self._lock = tokenizer_lock(tokenizer)
         self._ids: list[int] = []
         self._prefix_offset = 0  # start of the window the last delta was measured against
         self._read_offset = 0  # end of what has been turned into text
@@ -19,8 +22,9 @@ class IncrementalDetokenizer:
         """Append one token; return the text it completes (possibly empty)."""
         self._ids.append(token_id)
         decode = self._tokenizer.decode
-        prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
-        new_text = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
+        with self._lock:
+            prefix_text = decode(self._ids[self._prefix_offset : self._read_offset], skip_special_tokens=True)
+            new_text = decode(self._ids[self._prefix_offset :], skip_special_tokens=True)
         if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
             self._prefix_offset = self._read_offset
             self._read_offset = len(self._ids)

@@ -20,7 +20,7 @@ import torch
 from inference.decoder import SMALL_BATCH_ROWS
 from inference.detokenize import IncrementalDetokenizer
 from inference.loading import load_model, load_tokenizer, resolve_model_source
-from inference.prompts import shared_prefix_ids
+from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.requests import Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
@@ -445,7 +445,8 @@ class Engine:
             compute_s=sum(c.usage.compute_s for c in candidates),
             queue_wait_s=min(c.usage.queue_wait_s for c in candidates),
         )
-        text = self.tokenizer.decode(best.output_ids, skip_special_tokens=True)
+        with tokenizer_lock(self.tokenizer):
+            text = self.tokenizer.decode(best.output_ids, skip_special_tokens=True)
         if best.finish_reason == "stop_string":
             text = text[: _find_stop(text, best.params.stop, 0)]
         if text:

@@ -16,6 +16,11 @@ BILLING_PLANS = {
         "max_input_chars": env_int("FREE_MAX_INPUT_CHARS", 4000),
         "max_output_tokens": env_int("FREE_MAX_OUTPUT_TOKENS", 512),
         "max_best_of": env_int("FREE_MAX_BEST_OF", 1),
+        # One API call: how many messages, how many characters in all, and how many tokens once
+        # templated (with a 512-token answer, inside the default model's 8,192-token context).
+        "max_messages_per_call": env_int("FREE_MAX_MESSAGES_PER_CALL", 64),
+        "max_total_chars": env_int("FREE_MAX_TOTAL_CHARS", 16000),
+        "max_prompt_tokens": env_int("FREE_MAX_PROMPT_TOKENS", 4096),
         "priority": 0,
         "queue": CHAT_QUEUE_FREE,
     },
@@ -27,6 +32,9 @@ BILLING_PLANS = {
         "max_input_chars": env_int("PLUS_MAX_INPUT_CHARS", 32000),
         "max_output_tokens": env_int("PLUS_MAX_OUTPUT_TOKENS", 2048),
         "max_best_of": env_int("PLUS_MAX_BEST_OF", 4),
+        "max_messages_per_call": env_int("PLUS_MAX_MESSAGES_PER_CALL", 256),
+        "max_total_chars": env_int("PLUS_MAX_TOTAL_CHARS", 64000),
+        "max_prompt_tokens": env_int("PLUS_MAX_PROMPT_TOKENS", 6144),  # + a 2,048-token answer
         "priority": 10,
         "queue": CHAT_QUEUE_PLUS,
     },

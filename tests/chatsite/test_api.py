@@ -82,3 +82,16 @@ async def test_a_stream_whose_generation_fails_ends_with_an_error_event_not_a_no
     bodies = [json.loads(event) for event in events if event != b"[DONE]"]
     assert bodies[-1]["error"]["type"] == "server_error"
     assert not [choice for body in bodies for choice in body.get("choices", []) if choice.get("finish_reason")]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_call_whose_prompt_is_over_the_plans_tokens_is_refused_before_anything_is_saved(api_key):
+    from chatsite.models import Message
+
+    response = await post_completion(api_key, messages=[{"role": "user", "content": "z " * 1950}] * 4)
+    assert response.status_code == 400
+    error = json.loads(response.content)["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
+    assert "4,096" in error["message"]
+    assert not await Message.objects.acount()

@@ -9,7 +9,8 @@ def parse(max_choices=1, **body):
     body.setdefault("model", "m")
     body.setdefault("messages", [{"role": "user", "content": "hi"}])
     return parse_chat_completion(
-        json.dumps(body).encode(), model_name="m", max_input_chars=100, max_output_tokens=512, max_choices=max_choices
+        json.dumps(body).encode(), model_name="m", max_input_chars=100, max_output_tokens=512, max_choices=max_choices,
+        max_messages=64, max_total_chars=4000,
     )
 
 
@@ -57,6 +58,13 @@ def test_content_parts_and_the_developer_role_are_understood():
         ({"tools": [{"type": "function"}]}, 400, "tools"),
         ({"logprobs": True}, 400, "logprobs"),
         ({"response_format": {"type": "json_object"}}, 400, "response_format"),
+        ({"messages": [{"role": ["user"], "content": "x"}]}, 400, "messages.[0]"),
+        ({"messages": [{"role": "user", "content": "nul \x00 byte"}]}, 400, "messages.[0].content"),
+        ({"messages": [{"role": "user", "content": "lone \ud800 surrogate"}]}, 400, "messages.[0].content"),
+        ({"messages": [{"role": "user", "content": "hi"}] * 65}, 400, "messages"),
+        ({"messages": [{"role": "user", "content": "x" * 100}] * 41}, 400, "messages"),  # 4,100 characters
+        ({"seed": 2**64}, 400, None),
+        ({"repetition_penalty": 1e-300}, 400, None),
     ],
 )
 def test_bad_requests_are_refused_in_openais_error_shape(body, status, param):
@@ -75,3 +83,16 @@ def test_a_plan_with_more_choices_allows_n_and_best_of():
 def test_a_body_that_is_not_json_is_refused():
     with pytest.raises(ApiError, match="parse the JSON"):
         parse_chat_completion(b"{", model_name="m", max_input_chars=1, max_output_tokens=1, max_choices=1)
+
+
+@pytest.mark.parametrize("depth", [40, 1_000, 100_000])
+def test_a_body_nested_too_deep_is_refused_without_recursing(depth):
+    body = b'{"model": "m", "messages": ' + b"[" * depth + b"]" * depth + b"}"
+    with pytest.raises(ApiError, match="deeper than 32") as caught:
+        parse_chat_completion(body, model_name="m", max_input_chars=1, max_output_tokens=1, max_choices=1)
+    assert caught.value.status == 400
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    request = parse(messages=[{"role": "user", "content": "[" * 50 + "{" * 50}], )
+    assert request.messages[0]["content"].startswith("[[[")

@@ -32,6 +32,9 @@ def test_a_stop_frame_is_parsed():
         ({"type": "send", "conversation": "7", "content": "hi"}, "bad_frame"),
         ({"type": "send", "conversation": True, "content": "hi"}, "bad_frame"),
         ({"type": "send", "conversation": None, "content": "x" * 11}, "too_long"),
+        ({"type": "send", "conversation": None, "content": "a\x00b"}, "bad_text"),
+        ({"type": "send", "conversation": None, "content": "\ud800"}, "bad_text"),
+        ('{"type": "send", "content": ' + "[" * 2000 + "]" * 2000 + "}", "bad_json"),
     ],
 )
 def test_bad_frames_are_refused_with_a_code_and_a_readable_message(frame, code):

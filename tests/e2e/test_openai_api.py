@@ -101,6 +101,9 @@ def test_no_key_gets_401_in_openais_error_shape(embedded_server):
         ({"model": "gpt-4o"}, openai.NotFoundError),
         ({"seed": 18446744073709551616}, openai.BadRequestError),
         ({"extra_body": {"repetition_penalty": 1e-300}}, openai.BadRequestError),
+        ({"messages": [{"role": "user", "content": "hi"}] * 2000}, openai.BadRequestError),
+        ({"messages": [{"role": "user", "content": "z " * 1950}] * 4}, openai.BadRequestError),  # over 4,096 tokens
+        ({"messages": [{"role": ["user"], "content": "hi"}]}, openai.BadRequestError),
     ],
 )
 def test_invalid_requests_are_refused_and_save_nothing(embedded_server, client, model, kwargs, error):

@@ -32,3 +32,23 @@ def test_drops_oldest_turns_to_fit_but_keeps_the_system_prompt_and_last_message(
 def test_a_last_message_that_cannot_fit_is_refused(tokenizer):
     with pytest.raises(PromptTooLong, match="too long"):
         build_prompt_ids(tokenizer, [{"role": "user", "content": "word " * 500}], context_length=300, reserve_tokens=100)
+
+
+class CountingTokenizer:
+    """Counts chat-template encodings; a token per word, five per message for the template."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def apply_chat_template(self, messages, **_):
+        self.calls += 1
+        return [0] * sum(5 + len(message["content"].split()) for message in messages)
+
+
+def test_trimming_encodes_a_logarithmic_number_of_times_and_keeps_the_longest_fitting_tail():
+    tokenizer = CountingTokenizer()
+    messages = [{"role": "user", "content": f"turn {n} " + "word " * 8} for n in range(2000)]
+    ids = build_prompt_ids(tokenizer, messages, context_length=1000, reserve_tokens=100)
+    per_turn = 5 + 10
+    assert len(ids) == (900 // per_turn) * per_turn  # as many newest turns as fit, no fewer
+    assert tokenizer.calls <= 13  # 1 + log2(2000), where dropping turn by turn encoded ~1,940 times
