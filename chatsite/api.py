@@ -26,11 +26,13 @@ from chatsite import services
 from chatsite.embedded import embedded_worker_ensure
 from chatsite.prompt_limits import prompt_limit_check
 from chatsite.publisher import generation_group
+from chatsite.selectors import replies_ended
 from inference.prompts import PromptTooLong
 
 logger = logging.getLogger(__name__)
 
 WAIT_MARGIN_S = 60.0  # beyond the generation timeout, before the API gives up on a worker
+QUIET_CHECK_S = 5.0  # replies silent this long are looked up in the database
 DB_THREADS = 4
 
 # The API's database work runs on a few threads of its own, not on a new thread per request
@@ -185,11 +187,22 @@ class _Watcher:
             await self.events.put((index, await self.layer.receive(channel)))
 
     async def next(self, deadline: float) -> tuple[int, dict]:
-        """The next event; TimeoutError once the monotonic clock passes `deadline`."""
-        # asyncio.timeout_at rather than wait_for, which makes a task per call: every token
-        # frame comes through here. The loop's clock is time.monotonic.
-        async with asyncio.timeout_at(deadline):
-            index, event = await self.events.get()
+        """The next event; TimeoutError once the monotonic clock passes `deadline`. When the
+        replies are silent for QUIET_CHECK_S, the database is asked whether one has ended:
+        its end frame may have been lost (the channel layer was down), and the row has it."""
+        while True:
+            # asyncio.timeout_at rather than wait_for, which makes a task per call: every token
+            # frame comes through here. The loop's clock is time.monotonic.
+            try:
+                async with asyncio.timeout_at(min(deadline, time.monotonic() + QUIET_CHECK_S)):
+                    index, event = await self.events.get()
+                break
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    raise
+                if ended := await _in_db_thread(replies_ended)(message_ids=self.unfinished):
+                    index, event = self.reply_ids.index(ended[0].id), _end_event(ended[0])
+                    break
         if event["type"] in ("gen.done", "gen.error"):
             self.unfinished.discard(self.reply_ids[index])
         if event["type"] == "gen.done":
@@ -208,6 +221,15 @@ class _Watcher:
             task.cancel()
         for reply_id, channel in self._channels:
             await self.layer.group_discard(generation_group(reply_id), channel)
+
+
+def _end_event(reply) -> dict:
+    """The end frame the worker published for `reply`, rebuilt from its row."""
+    if reply.status == reply.Status.FAILED:
+        return {"type": "gen.error", "error": reply.error or "The model could not answer."}
+    usage = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+    return {"type": "gen.done", "status": reply.status, "finish_reason": reply.finish_reason,
+            "content": reply.content, "usage": usage}
 
 
 def _deadline() -> float:
@@ -239,6 +261,16 @@ async def _collect(watcher: _Watcher, user, context: dict) -> JsonResponse:
     ))
 
 
+def _unseen(sent: str, event: dict) -> str:
+    """The part of a token frame the client does not have yet. Frames carry their offset in
+    the reply: a reply taken over by another worker goes on from its last save, and repeats
+    what was streamed after it. A frame past what was sent (one was lost) waits for the end."""
+    offset = event.get("offset", len(sent))
+    if offset > len(sent):
+        return ""
+    return event["text"][len(sent) - offset:]
+
+
 async def _stream(watcher: _Watcher, user, context: dict, include_usage: bool):
     deadline = _deadline()
     try:
@@ -246,13 +278,22 @@ async def _stream(watcher: _Watcher, user, context: dict, include_usage: bool):
             yield wire.sse(wire.chunk(**context, choices=[
                 {"index": index, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
             ]))
+        sent = [""] * len(watcher.reply_ids)  # each choice's text as the client has it
         while watcher.unfinished:
             index, event = await watcher.next(deadline)
             if event["type"] == "gen.token":
-                yield wire.sse(wire.chunk(**context, choices=[
-                    {"index": index, "delta": {"content": event["text"]}, "finish_reason": None}
-                ]))
+                if text := _unseen(sent[index], event):
+                    sent[index] += text
+                    yield wire.sse(wire.chunk(**context, choices=[
+                        {"index": index, "delta": {"content": text}, "finish_reason": None}
+                    ]))
             elif event["type"] == "gen.done":
+                content = event["content"]
+                if content.startswith(sent[index]) and len(content) > len(sent[index]):
+                    # Frames lost on the way (the channel layer was down): the end has the whole text.
+                    yield wire.sse(wire.chunk(**context, choices=[
+                        {"index": index, "delta": {"content": content[len(sent[index]):]}, "finish_reason": None}
+                    ]))
                 yield wire.sse(wire.chunk(**context, choices=[{
                     "index": index, "delta": {}, "finish_reason": wire.finish_reason(event["finish_reason"]),
                 }]))

@@ -5,7 +5,7 @@ import os
 import threading
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -28,8 +28,22 @@ def _load_engine_early(**_) -> None:
     threading.Thread(target=engine_get, args=(config,), name="engine-load", daemon=True).start()
 
 
+@worker_ready.connect
+def _start_lease_sweeper(**_) -> None:
+    """Replies whose worker died are sent to the queue again by any live worker."""
+    from chatsite.leases import sweeper_start
+
+    sweeper_start()
+
+
+@worker_shutting_down.connect
 @worker_shutdown.connect
 def _stop_engine(**_) -> None:
+    """At the start of a shutdown, end the running replies at once: each gives its lease back
+    with its text so far and another worker continues it. A warm shutdown would otherwise wait
+    for every reply to finish (up to CHAT_GENERATION_TIMEOUT_S)."""
+    from chatsite.leases import sweeper_stop
     from inference.worker import engine_shutdown
 
+    sweeper_stop()
     engine_shutdown()

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 
 from celery.worker import WorkController
 from django.conf import settings
 from django.utils import timezone
 
-from chatsite import publisher, services
+from chatsite import leases, publisher
 from chatsite.celery import app as celery_app
+from inference.worker import engine_shutdown
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,10 @@ def embedded_worker_ensure() -> None:
 
 
 def _run_worker() -> None:
-    closed = services.replies_interrupted_close(before=_process_started_at)
-    if closed:
-        logger.warning("closed %s replies left unfinished by the previous run", closed)
+    # Replies a previous run of this server left unfinished are sent to the queue again at
+    # once (their worker was this process) and continued from their saved text.
+    leases.sweeper_start(before=_process_started_at)
+    _on_server_shutdown(_stop_generating)
     worker = WorkController(
         app=celery_app,
         hostname="embedded@chatsite",
@@ -60,3 +63,19 @@ def _run_worker() -> None:
     )
     logger.info("embedded Celery worker starting (memory:// broker, %s threads)", settings.CELERY_WORKER_CONCURRENCY)
     worker.start()
+
+
+def _on_server_shutdown(callback) -> None:
+    """Run `callback` when Daphne begins to shut down (SIGTERM, SIGINT), before the process
+    waits for its threads. Daphne runs on Twisted; outside it (tests) there is nothing to do."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None:
+        reactor.callFromThread(reactor.addSystemEventTrigger, "before", "shutdown", callback)
+
+
+def _stop_generating() -> None:
+    """End every running reply now: each gives its lease back with its text so far, and the
+    next start of the server continues it. Without this, the process would wait at exit for
+    its task threads, that is for every reply to finish."""
+    logger.info("server shutting down: handing running replies back")
+    engine_shutdown()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -17,10 +17,12 @@ from django.utils import timezone
 from billing.plans import plan_for_user, plan_get
 from billing.usage import usage_record
 from chatsite import publisher
+from chatsite.leases import lease_claim, lease_release, lease_renew
 from chatsite.models import Message
 from chatsite.selectors import conversation_branch, reply_stop_requested
-from inference import EngineConfig, FinishEvent, SamplingParams, TokenEvent
-from inference.prompts import PromptTooLong, build_prompt_ids
+from inference import EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
+from inference.engine import EngineShuttingDown
+from inference.prompts import PromptTooLong, build_prompt_ids, continuation_ids
 from inference.requests import Request
 from inference.worker import engine_get
 
@@ -28,55 +30,67 @@ logger = logging.getLogger(__name__)
 
 
 def reply_generate(*, message_id: int) -> None:
-    """Generate the reply `message_id` if it is still pending; otherwise do nothing."""
+    """Generate the reply `message_id` if it is pending or its worker's lease lapsed (then
+    continuing from its saved text); otherwise do nothing."""
     # As Django does at each request: a connection kept from an earlier task on this thread
     # (SQLite: CELERY_DB_REUSE_MAX) is dropped if that task left it broken or it is too old.
     _release_connection()
-    claimed = Message.objects.filter(
-        id=message_id, role=Message.Role.ASSISTANT, status=Message.Status.PENDING
-    ).update(status=Message.Status.STREAMING, updated_at=timezone.now())
-    if not claimed:
-        return  # stopped while queued, or already handled by an earlier delivery
+    owner = lease_claim(message_id=message_id)
+    if owner is None:
+        return  # stopped while queued, finished, or another worker holds it
     reply = Message.objects.select_related("conversation__owner").get(id=message_id)
+    if reply.attempts > settings.CHAT_MAX_ATTEMPTS:
+        _fail(reply, owner, f"This answer could not be finished after {settings.CHAT_MAX_ATTEMPTS} tries. "
+                            "What was written is kept; regenerate to try again.")
+        return
     try:
-        _generate(reply)
+        _generate(reply, owner)
+    except EngineShuttingDown:
+        lease_release(message_id=reply.id, owner=owner, content=reply.content)
     except Exception:
         logger.exception("generating message %s failed", message_id)
-        _fail(reply, "The model could not answer. Please try again.")
+        _fail(reply, owner, "The model could not answer. Please try again.")
 
 
-def _generate(reply: Message) -> None:
+def _generate(reply: Message, owner: str) -> None:
     engine = engine_get(EngineConfig(**settings.INFERENCE_ENGINE))
     # The plan that admitted the message governs it; rows from before plans were recorded
     # take the owner's plan now.
     plan = plan_get(reply.plan) if reply.plan else plan_for_user(reply.conversation.owner)
     reply.plan = plan.code
     params = _sampling_params(reply, plan)
+    # A reply taken over from a worker that stopped goes on from its saved text.
+    continued = continuation_ids(engine.tokenizer, reply.content) if reply.content else []
+    if continued:
+        params = replace(params, max_new_tokens=max(1, params.max_new_tokens - len(continued)),
+                         min_tokens=max(0, params.min_tokens - len(continued)))
     try:
         prompt_ids = build_prompt_ids(
             engine.tokenizer,
             _chat_messages(reply),
-            context_length=engine.context_length,
+            context_length=engine.context_length - len(continued),
             reserve_tokens=min(params.max_new_tokens, engine.context_length // 2),
         )
     except PromptTooLong as error:
-        _fail(reply, str(error).capitalize() + ".")
+        _fail(reply, owner, str(error).capitalize() + ".")
         return
     request = engine.submit(
-        prompt_ids, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
+        prompt_ids + continued, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
     )
     _release_connection()
     with _STREAMS:
-        _stream(reply, request)
+        _stream(reply, owner, request, continued_tokens=len(continued))
 
 
-def _stream(reply: Message, request: Request) -> None:
+def _stream(reply: Message, owner: str, request: Request, *, continued_tokens: int = 0) -> None:
     started = time.monotonic()
     last_save = started
     last_stop_check = 0.0
-    pieces: list[str] = []
+    pieces: list[str] = [reply.content] if reply.content else []
+    length = len(reply.content)  # characters in `pieces`: the next text's offset
+    streamed = bool(pieces)
     while True:
-        if pieces:
+        if streamed:
             # Text is flowing: look once per stream interval (or as soon as it ends) rather
             # than at every token; the web side gets one frame per interval either way.
             request.wait_finished(until_next_frame_s(_STREAMS.count))
@@ -90,9 +104,11 @@ def _stream(reply: Message, request: Request) -> None:
         if tokens:
             text = "".join(token.text for token in tokens)
             pieces.append(text)
-            publisher.publish_token(reply.id, text=text, index=tokens[0].index)
+            streamed = True
+            publisher.publish_token(reply.id, text=text, index=continued_tokens + tokens[0].index, offset=length)
+            length += len(text)
         if finish is not None:
-            _finish(reply, "".join(pieces), finish)
+            _finish(reply, owner, "".join(pieces), finish, continued_tokens=continued_tokens)
             return
         now = time.monotonic()
         if now - last_stop_check >= settings.CHAT_STOP_POLL_S:
@@ -103,7 +119,12 @@ def _stream(reply: Message, request: Request) -> None:
                 request.cancel("timeout")
         if now - last_save >= settings.CHAT_SAVE_EVERY_S:
             last_save = now
-            Message.objects.filter(id=reply.id).update(content="".join(pieces), updated_at=timezone.now())
+            if not lease_renew(message_id=reply.id, owner=owner, content="".join(pieces)):
+                # Another worker took the reply over (this one stalled past its lease): it
+                # writes from now on, so this one stops without writing anything more.
+                logger.warning("lost the lease on message %s; stopping", reply.id)
+                request.cancel("lease_lost")
+                return
             _release_connection()
 
 
@@ -179,44 +200,58 @@ def _chat_messages(reply: Message) -> list[dict[str, str]]:
     return messages
 
 
-def _finish(reply: Message, content: str, finish: FinishEvent) -> None:
+def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, *, continued_tokens: int = 0) -> None:
+    if finish.status is RequestStatus.STOPPED and finish.reason == "shutdown":
+        # This worker is going away, not the answer: another worker continues it.
+        lease_release(message_id=reply.id, owner=owner, content=content)
+        return
     usage = finish.usage
-    reply.content = content
-    reply.status = finish.status.value
-    reply.finish_reason = finish.reason
-    if finish.status.value == Message.Status.FAILED:
-        reply.error = "The model stopped with an error. Please try again."
-    reply.prompt_tokens = usage.prompt_tokens
-    reply.completion_tokens = usage.completion_tokens
-    reply.queue_wait_s = usage.queue_wait_s
-    reply.ttft_s = usage.ttft_s
-    reply.decode_s = usage.decode_s
-    reply.compute_s = usage.compute_s
+    status = finish.status.value
+    error = "The model stopped with an error. Please try again." if status == Message.Status.FAILED else ""
     with transaction.atomic():
-        reply.save()
+        saved = Message.objects.filter(id=reply.id, lease_owner=owner).update(
+            content=content,
+            status=status,
+            finish_reason=finish.reason,
+            error=error,
+            prompt_tokens=usage.prompt_tokens - continued_tokens,
+            completion_tokens=usage.completion_tokens + continued_tokens,
+            queue_wait_s=usage.queue_wait_s,
+            ttft_s=usage.ttft_s,
+            decode_s=usage.decode_s,
+            compute_s=usage.compute_s,
+            plan=reply.plan,
+            lease_owner="",
+            lease_expires_at=None,
+            updated_at=timezone.now(),
+        )
+        if not saved:
+            logger.warning("lost the lease on message %s before saving its end; the new owner saves it", reply.id)
+            return
         usage_record(
             user=reply.conversation.owner,
             message_id=reply.id,
             plan=reply.plan,
             source=reply.conversation.source,
-            status=reply.status,
-            prompt_tokens=usage.prompt_tokens,
+            status=status,
+            prompt_tokens=usage.prompt_tokens - continued_tokens,
             completion_tokens=usage.completion_tokens,
             queue_wait_s=usage.queue_wait_s,
             ttft_s=usage.ttft_s,
             decode_s=usage.decode_s,
             compute_s=usage.compute_s,
         )
-    if reply.status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
-        publisher.publish_error(reply.id, error=reply.error)
+    if status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
+        publisher.publish_error(reply.id, error=error)
         return
-    publisher.publish_done(
-        reply.id, status=reply.status, finish_reason=reply.finish_reason, content=content, usage=asdict(usage)
-    )
+    usage_out = {**asdict(usage), "prompt_tokens": usage.prompt_tokens - continued_tokens,
+                 "completion_tokens": usage.completion_tokens + continued_tokens}
+    publisher.publish_done(reply.id, status=status, finish_reason=finish.reason, content=content, usage=usage_out)
 
 
-def _fail(reply: Message, error: str) -> None:
-    Message.objects.filter(id=reply.id).update(
-        status=Message.Status.FAILED, error=error, finish_reason="error", updated_at=timezone.now()
+def _fail(reply: Message, owner: str, error: str) -> None:
+    Message.objects.filter(id=reply.id, lease_owner=owner).update(
+        status=Message.Status.FAILED, error=error, finish_reason="error", lease_owner="", lease_expires_at=None,
+        updated_at=timezone.now(),
     )
     publisher.publish_error(reply.id, error=error)

@@ -1,4 +1,5 @@
-"""The embedded mode's channel layer: Channels' InMemoryChannelLayer, made cheaper per message.
+"""Channel layers. The embedded mode's: Channels' InMemoryChannelLayer, made cheaper per message.
+The distributed mode's: channels_redis, riding out a Redis outage (`RedisChannelLayer`).
 
 Every token frame of every reply passes through the layer twice (`group_send`, `receive`), on
 the server's event loop, while the model needs both cores. Channels' own layer, at each of
@@ -10,11 +11,17 @@ once a second, and a group's members are sent to one after another, which is the
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 
+import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
+from channels_redis.core import RedisChannelLayer as ChannelsRedisChannelLayer
+
+logger = logging.getLogger(__name__)
 
 SWEEP_EVERY_S = 1.0  # messages expire after `expiry` (60 s): a sweep this late changes nothing
 
@@ -38,3 +45,24 @@ class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
         for channel in list(self.groups.get(group, ())):
             with contextlib.suppress(ChannelFull):  # as Channels does: a full channel misses the message
                 await self.send(channel, message)
+
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+RETRY_MAX_S = 2.0  # longest wait between two tries while Redis is away
+
+
+class RedisChannelLayer(ChannelsRedisChannelLayer):
+    """channels_redis, but a receive waits through a Redis outage and goes on when it is back,
+    instead of raising. A consumer whose receive raises is torn down, and with it the
+    browser's socket; the API's watcher would stop hearing its reply. Sends still raise: their
+    callers decide (a worker's frame is dropped, its text is in the database)."""
+
+    async def receive(self, channel):
+        delay = 0.05
+        while True:
+            try:
+                return await super().receive(channel)
+            except REDIS_DOWN as error:
+                logger.warning("channel layer: Redis unreachable (%s); retrying in %.2f s", error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)

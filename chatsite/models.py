@@ -60,12 +60,21 @@ class Message(models.Model):
     ttft_s = models.FloatField(null=True, blank=True)  # sent → first token
     decode_s = models.FloatField(null=True, blank=True)  # first token → last token
     compute_s = models.FloatField(null=True, blank=True)  # this reply's share of forward-pass time
+    # A reply being generated is leased to one worker (chatsite/leases.py): `lease_owner` is the
+    # claim's token, renewed while it streams; a lapsed lease is taken over. On a pending reply
+    # `lease_expires_at` is when it may be sent to the queue again, if no worker claimed it.
+    lease_owner = models.CharField(max_length=64, blank=True, default="")
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)  # claims so far; bounded, so a reply that kills workers ends
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["conversation", "created_at"])]
+        indexes = [
+            models.Index(fields=["conversation", "created_at"]),
+            models.Index(fields=["status", "lease_expires_at"], name="message_lease"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"

@@ -10,19 +10,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Literal, TypedDict
 
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 10.0  # one send; past it the frame is dropped and the queue moves on
+SEND_TIMEOUT_S = 2.0  # one send; past it the frame is dropped and the queue moves on
+# After a failed send, token frames are dropped without trying for this long: while the layer
+# is down each try would wait SEND_TIMEOUT_S, and the queue would fall minutes behind. Ends
+# and errors are still tried; the text is in the database either way.
+OUTAGE_BACKOFF_S = 1.0
 
 
 class TokenPayload(TypedDict):
     type: Literal["gen.token"]
     text: str
     index: int  # index of the first token in `text`
+    offset: int  # where `text` begins in the reply's content, in characters
 
 
 class DonePayload(TypedDict):
@@ -90,6 +96,7 @@ async def _flush() -> None:
     group's messages arrive in the order they were published."""
     global _flushing_on
     layer = get_channel_layer()
+    down_until = 0.0
     while True:
         with _pending_lock:
             if not _pending:
@@ -98,14 +105,17 @@ async def _flush() -> None:
             batch = _pending[:]
             _pending.clear()
         for message_id, payload in batch:
+            if payload["type"] == "gen.token" and time.monotonic() < down_until:
+                continue
             try:
                 await asyncio.wait_for(layer.group_send(generation_group(message_id), payload), SEND_TIMEOUT_S)
-            except Exception:  # the layer is down or full: this frame is lost, the database keeps the text
-                logger.warning("could not publish %s for message %s", payload["type"], message_id, exc_info=True)
+            except Exception as error:  # the layer is down or full: this frame is lost, the database keeps the text
+                logger.warning("could not publish %s for message %s: %r", payload["type"], message_id, error)
+                down_until = time.monotonic() + OUTAGE_BACKOFF_S
 
 
-def publish_token(message_id: int, *, text: str, index: int) -> None:
-    publish(message_id, TokenPayload(type="gen.token", text=text, index=index))
+def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:
+    publish(message_id, TokenPayload(type="gen.token", text=text, index=index, offset=offset))
 
 
 def publish_done(message_id: int, *, status: str, finish_reason: str, content: str, usage: dict) -> None:

@@ -39,3 +39,12 @@ def stop_key(message_id: int) -> str:
 
 def reply_stop_requested(*, message_id: int) -> bool:
     return bool(cache.get(stop_key(message_id)))
+
+
+def replies_ended(*, message_ids) -> list[Message]:
+    """Those of the replies `message_ids` that have ended (done, stopped or failed)."""
+    return list(
+        Message.objects.filter(id__in=list(message_ids)).exclude(
+            status__in=[Message.Status.PENDING, Message.Status.STREAMING]
+        )
+    )

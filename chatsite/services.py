@@ -1,7 +1,6 @@
 """Writes of the chat domain: create messages, enqueue their replies, stop them."""
 from __future__ import annotations
 
-import datetime
 import enum
 
 from django.core.cache import cache
@@ -11,6 +10,7 @@ from django.utils import timezone
 from billing.plans import Plan, plan_get
 from billing.quota import QuotaStatus, quota_consume
 from chatsite.celery import app as celery_app
+from chatsite.leases import pending_lease_expiry
 from chatsite.models import Conversation, Message
 from chatsite.selectors import stop_key
 
@@ -37,7 +37,7 @@ def message_send(
     )
     reply = Message.objects.create(
         conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT,
-        status=Message.Status.PENDING, plan=plan.code,
+        status=Message.Status.PENDING, plan=plan.code, lease_expires_at=pending_lease_expiry(),
     )
     conversation.current = reply
     conversation.save(update_fields=["current", "updated_at"])
@@ -63,7 +63,7 @@ def api_completion_create(
     replies = [
         Message.objects.create(
             conversation=conversation, parent=parent, role=Message.Role.ASSISTANT,
-            status=Message.Status.PENDING, sampling=sampling, plan=plan.code,
+            status=Message.Status.PENDING, sampling=sampling, plan=plan.code, lease_expires_at=pending_lease_expiry(),
         )
         for _ in range(n)
     ]
@@ -104,22 +104,3 @@ def reply_stop(*, user, message_id: int) -> StopOutcome:
 def _title_from(content: str) -> str:
     first_line = " ".join(content.split())
     return first_line if len(first_line) <= TITLE_CHARS else first_line[: TITLE_CHARS - 1] + "…"
-
-
-def replies_interrupted_close(*, before: datetime.datetime) -> int:
-    """Close the replies that a previous run of the process left unfinished: text that was
-    saved is kept (status stopped); replies never started fail with a message to resend.
-    Only for the embedded mode, where the process that starts is the only worker there is.
-    Rows touched at or after `before` belong to the running process and are left alone."""
-    unfinished = Message.objects.filter(role=Message.Role.ASSISTANT, updated_at__lt=before)
-    now = timezone.now()
-    stopped = unfinished.filter(status=Message.Status.STREAMING).update(
-        status=Message.Status.STOPPED, finish_reason="interrupted", updated_at=now
-    )
-    failed = unfinished.filter(status=Message.Status.PENDING).update(
-        status=Message.Status.FAILED,
-        finish_reason="interrupted",
-        error="The server restarted before this answer was written. Please send your message again.",
-        updated_at=now,
-    )
-    return stopped + failed

@@ -33,6 +33,10 @@ RELEASE_EVERY_S = 10.0  # while busy, how often freed KV memory is handed back t
 ENGINE_ERROR = "error: internal engine error"  # the finish reason of a request the engine failed
 
 
+class EngineShuttingDown(RuntimeError):
+    """`submit` after `shutdown`: the request was not queued; another engine may take it."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """Engine knobs; the product reads them from CHAT_* environment variables."""
@@ -168,7 +172,7 @@ class Engine:
             request.candidates = candidates
         with self._lock:
             if self._shutting_down:
-                raise RuntimeError("the engine is shutting down")
+                raise EngineShuttingDown("the engine is shutting down")
             for candidate in candidates:
                 self._scheduler.add(candidate)
             if self._scheduler.outranks_running(priority):

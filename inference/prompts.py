@@ -74,3 +74,9 @@ def shared_prefix_ids(tokenizer) -> list[int]:
     while length < min(len(first), len(second)) and first[length] == second[length]:
         length += 1
     return first[:length]
+
+
+def continuation_ids(tokenizer, text: str) -> list[int]:
+    """The token ids of an answer's text so far, to append to its prompt and go on from there."""
+    with tokenizer_lock(tokenizer):
+        return list(tokenizer.encode(text, add_special_tokens=False))

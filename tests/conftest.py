@@ -32,6 +32,9 @@ def _worker_uses_tiny_model(tiny_model_dir, django_settings_session):
         "model": tiny_model_dir,
         "dtype": "fp32",
     }
+    # The embedded worker's lease sweeper would send other tests' lapsed replies to the queue
+    # in the background; tests of the sweeper run it themselves (tests/chatsite/test_leases.py).
+    django_settings_session.CHAT_LEASE_SWEEP_S = 3600
     yield
     from inference.worker import engine_shutdown
 

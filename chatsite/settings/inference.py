@@ -27,3 +27,10 @@ CHAT_STREAM_INTERVAL_S = env_float("CHAT_STREAM_INTERVAL_S", 0.1)  # shortest ga
 CHAT_STREAM_FRAMES_PER_S = env_float("CHAT_STREAM_FRAMES_PER_S", 100.0)
 CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
 CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming
+# A worker holds a lease on each reply it generates, renewed at every save; a reply whose
+# lease lapses (its worker died) is sent to the queue again by the sweeper of any worker and
+# continued from its saved text (chatsite/leases.py). Lapse + sweep bound the takeover.
+CHAT_LEASE_S = env_float("CHAT_LEASE_S", 30.0)
+CHAT_LEASE_SWEEP_S = env_float("CHAT_LEASE_SWEEP_S", 10.0)
+CHAT_QUEUE_LEASE_S = env_float("CHAT_QUEUE_LEASE_S", 300.0)  # a queued reply no worker claimed is sent again
+CHAT_MAX_ATTEMPTS = env_int("CHAT_MAX_ATTEMPTS", 3)  # claims of one reply before it fails

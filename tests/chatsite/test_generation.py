@@ -130,7 +130,7 @@ def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user,
 
     settings.CHAT_STREAM_INTERVAL_S = 60.0
     frames = []
-    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index: frames.append((index, text)))
+    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index, offset: frames.append((index, text)))
     _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()
@@ -174,7 +174,7 @@ def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_en
     settings.CHAT_STREAM_INTERVAL_S = 0.01
     settings.CHAT_STREAM_FRAMES_PER_S = frames_per_s
     frames = []
-    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index: frames.append(text))
+    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, *, text, index, offset: frames.append(text))
     _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
     reply_generate(message_id=reply.id)
     reply.refresh_from_db()

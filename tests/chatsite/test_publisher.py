@@ -25,7 +25,7 @@ async def test_frames_published_from_threads_arrive_in_order(watching):
 
     def stream():
         for index in range(40):
-            publisher.publish_token(900001, text=f"t{index}", index=index)
+            publisher.publish_token(900001, text=f"t{index}", index=index, offset=2 * index)
         publisher.publish_done(900001, status="done", finish_reason="stop", content="", usage={})
         returned.set()
 
@@ -38,9 +38,10 @@ async def test_frames_published_from_threads_arrive_in_order(watching):
     assert received[-1]["type"] == "gen.done"
 
 
-async def test_a_send_that_fails_is_dropped_and_the_rest_still_go_out(watching, monkeypatch):
+async def test_after_a_failed_send_tokens_are_dropped_for_a_moment_but_ends_still_go_out(watching, monkeypatch):
     layer, channel = watching
     send = layer.group_send
+    monkeypatch.setattr(publisher, "OUTAGE_BACKOFF_S", 0.3)
 
     async def failing_once(group, message):
         if message.get("text") == "lost":
@@ -48,7 +49,11 @@ async def test_a_send_that_fails_is_dropped_and_the_rest_still_go_out(watching, 
         await send(group, message)
 
     monkeypatch.setattr(layer, "group_send", failing_once)
-    for text in ("before", "lost", "after"):
-        await asyncio.to_thread(publisher.publish_token, 900001, text=text, index=0)
+    for text in ("before", "lost", "skipped while the layer is down"):
+        await asyncio.to_thread(publisher.publish_token, 900001, text=text, index=0, offset=0)
+    await asyncio.to_thread(publisher.publish_done, 900001, status="done", finish_reason="eos", content="x", usage={})
     received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
-    assert [m["text"] for m in received] == ["before", "after"]
+    assert [m.get("text", m["type"]) for m in received] == ["before", "gen.done"]
+    await asyncio.sleep(0.4)
+    await asyncio.to_thread(publisher.publish_token, 900001, text="after", index=1, offset=6)
+    assert (await asyncio.wait_for(layer.receive(channel), 5))["text"] == "after"

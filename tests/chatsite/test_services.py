@@ -62,29 +62,6 @@ def test_nobody_can_stop_someone_elses_reply(make_user):
     assert not reply_stop_requested(message_id=reply.id)
 
 
-def test_replies_a_previous_run_left_unfinished_are_closed_keeping_their_text(make_user):
-    import datetime
-
-    from django.utils import timezone
-
-    user = make_user()
-    _, _, streaming = conversation_with_reply(user, reply_text="half an ans", status=Message.Status.STREAMING)
-    _, queued, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="never started")
-    an_hour_ago = timezone.now() - datetime.timedelta(hours=1)
-    Message.objects.filter(id__in=[streaming.id, queued.id]).update(updated_at=an_hour_ago)
-    restart = an_hour_ago + datetime.timedelta(minutes=1)
-    assert services.replies_interrupted_close(before=restart) == 2
-    streaming.refresh_from_db()
-    queued.refresh_from_db()
-    assert (streaming.status, streaming.content) == ("stopped", "half an ans")
-    assert queued.status == "failed" and "send your message again" in queued.error
-    # replies of the running process are left alone
-    _, current, _ = services.message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="new")
-    assert services.replies_interrupted_close(before=restart) == 0
-    current.refresh_from_db()
-    assert current.status == "pending"
-
-
 @pytest.mark.parametrize(("plan_code", "queue", "priority"), [("free", "free", 0), ("plus", "plus", 10)])
 def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(make_user, monkeypatch, plan_code, queue, priority):
     sent = []

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -99,6 +100,8 @@ class Daphne(Process):
             try:
                 urllib.request.urlopen(self.url + "/healthz", timeout=2)
                 return
+            except urllib.error.HTTPError:
+                return  # it answers; 503 only says a worker or the broker is missing so far
             except OSError:
                 if self.popen.poll() is not None:
                     break
@@ -106,9 +109,9 @@ class Daphne(Process):
         raise AssertionError(f"daphne did not start:\n{self.log()[-4000:]}")
 
 
-def celery_worker(env: dict[str, str], log_dir: Path) -> Process:
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "celery") -> Process:
     worker = Process(
-        "celery",
+        name,
         [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--concurrency", "4", "--loglevel", "INFO"],
         env,
         log_dir,

@@ -163,3 +163,74 @@ def test_replies_beyond_the_worker_connection_pool_are_generated_together(distri
     assert [tokens for _, _, tokens in rows] == [500] * 4
     first_tokens, last_tokens = [float(row[0]) for row in rows], [float(row[1]) for row in rows]
     assert max(first_tokens) < min(last_tokens)
+
+
+@pytest.fixture
+def takeover(tmp_path, tiny_model_dir, database_url):
+    """A daphne and a worker of their own on Redis database 12, with short leases, for killing."""
+    require_service("127.0.0.1", 6379, "Redis")
+    redis_url = "redis://127.0.0.1:6379/12"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = server_env(
+        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="takeover-" + uuid.uuid4().hex,
+        CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
+        CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
+    )
+    manage(env, "migrate", "--noinput")
+    processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
+    yield env, processes
+    for process in processes.values():
+        process.stop()
+    redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_path, database_url):
+    env, processes = takeover
+    server = processes["web"]
+    key = create_api_key(sign_up(server.url, "takeover"))
+    first_token = threading.Event()
+
+    async def streams():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+            model = (await client.get("/v1/models")).json()["data"][0]["id"]
+
+            async def one(n):
+                body = {"model": model, "messages": [{"role": "user", "content": f"story {n}"}],
+                        "max_tokens": 900, "ignore_eos": True, "stream": True}
+                events = []
+                async with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: ") and line != "data: [DONE]":
+                            events.append(json.loads(line[6:]))
+                            if any(c["delta"].get("content") for c in events[-1].get("choices", [])):
+                                first_token.set()
+                return events
+            return await asyncio.gather(*(one(n) for n in range(4)))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(asyncio.run, streams())
+        assert first_token.wait(60) and not running.done()
+        processes["first"].popen.kill()  # SIGKILL: no shutdown, no ack, leases left to lapse
+        killed_at = time.monotonic()
+        processes["second"] = celery_worker(env, tmp_path, name="second")
+        results = running.result(timeout=120)
+    assert time.monotonic() - killed_at < 60
+    for events in results:
+        finishes = [c["finish_reason"] for e in events for c in e.get("choices", []) if c.get("finish_reason")]
+        assert finishes == ["length"], events[-3:]
+        assert not [e for e in events if "error" in e]
+    with psycopg.connect(database_url) as connection:
+        rows = connection.execute(
+            "SELECT m.status, m.attempts, length(m.content) FROM chatsite_message m JOIN chatsite_conversation c"
+            " ON m.conversation_id = c.id WHERE c.title LIKE 'story %%' AND m.role = 'assistant'"
+        ).fetchall()
+    assert len(rows) == 4 and all(status == "done" and length > 0 for status, _, length in rows)
+    with psycopg.connect(database_url) as connection:
+        saved = sorted(row[0] for row in connection.execute(
+            "SELECT m.content FROM chatsite_message m JOIN chatsite_conversation c ON m.conversation_id = c.id"
+            " WHERE c.title LIKE 'story %%' AND m.role = 'assistant'"
+        ).fetchall())
+    received = sorted("".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", [])) for events in results)
+    assert received == saved  # greedy: what was repeated after the takeover was trimmed, nothing doubled
+    assert max(attempts for _, attempts, _ in rows) >= 2  # taken over from the killed worker
+    assert "generate_reply[" in processes["second"].log()

@@ -1,0 +1,158 @@
+"""Who generates a reply: a lease that expires, so a dead worker cannot keep one for ever.
+
+A worker claims a reply (pending, or streaming under a lease that lapsed) with a token of its
+own and renews the lease each time it saves the text so far. Every save and the final one are
+conditional on still holding it: a worker that lost its lease (it stalled past it and
+someone took over) stops without writing. A sweeper in every worker process sends lapsed
+replies to the queue again; the worker that claims one continues from its saved text.
+
+    pending ──claim──► streaming ──finish──► done | stopped | failed
+       ▲                   │ lease lapses (worker killed) or released (worker shutting down)
+       └──── sweeper ◄─────┘
+
+A pending reply's `lease_expires_at` is when the sweeper may send it again if no worker has
+claimed it by then: a task lost with a broker's data is sent again, and a reply whose worker
+gave it back is sent at the next sweep.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import uuid
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from chatsite.models import Message
+
+logger = logging.getLogger(__name__)
+
+SWEEP_BATCH = 100  # replies sent again per sweep, at most
+
+
+def lease_claim(*, message_id: int) -> str | None:
+    """Claim reply `message_id` for the calling worker if it is pending or its lease lapsed;
+    return the lease's token, or None when someone else has it or it is finished."""
+    owner = uuid.uuid4().hex
+    now = timezone.now()
+    claimable = Q(status=Message.Status.PENDING) | Q(status=Message.Status.STREAMING, lease_expires_at__lt=now)
+    claimed = Message.objects.filter(claimable, id=message_id, role=Message.Role.ASSISTANT).update(
+        status=Message.Status.STREAMING,
+        lease_owner=owner,
+        lease_expires_at=now + _lease(),
+        attempts=F("attempts") + 1,
+        updated_at=now,
+    )
+    return owner if claimed else None
+
+
+def lease_renew(*, message_id: int, owner: str, content: str) -> bool:
+    """Save the text so far and extend the lease; False when the lease is no longer ours."""
+    now = timezone.now()
+    return bool(
+        Message.objects.filter(id=message_id, lease_owner=owner, status=Message.Status.STREAMING).update(
+            content=content, lease_expires_at=now + _lease(), updated_at=now
+        )
+    )
+
+
+def lease_release(*, message_id: int, owner: str, content: str) -> bool:
+    """Give the reply back with its text so far, for another worker to continue (this one is
+    shutting down). Not counted as an attempt. False when the lease was no longer ours."""
+    now = timezone.now()
+    return bool(
+        Message.objects.filter(id=message_id, lease_owner=owner, status=Message.Status.STREAMING).update(
+            status=Message.Status.PENDING,
+            content=content,
+            lease_owner="",
+            lease_expires_at=now,  # due at the next sweep
+            attempts=F("attempts") - 1,
+            updated_at=now,
+        )
+    )
+
+
+def pending_lease_expiry(now: datetime.datetime | None = None) -> datetime.datetime:
+    """When a newly queued reply may be sent again if no worker has claimed it."""
+    return (now or timezone.now()) + datetime.timedelta(seconds=settings.CHAT_QUEUE_LEASE_S)
+
+
+def replies_lapsed_resend(*, now: datetime.datetime | None = None, before: datetime.datetime | None = None) -> int:
+    """Send again the replies whose lease lapsed: streaming ones whose worker stopped renewing
+    it, pending ones no worker claimed in time. With `before` (the embedded worker's start),
+    also every unfinished reply not touched since then: the process that had them is gone.
+    Each is taken with a conditional update, so of several sweepers one sends it."""
+    from chatsite.services import reply_send
+
+    now = now or timezone.now()
+    unfinished = Q(status__in=[Message.Status.PENDING, Message.Status.STREAMING])
+    due = Q(lease_expires_at__lt=now)
+    if before is not None:
+        due |= Q(updated_at__lt=before)
+    candidates = list(
+        Message.objects.filter(unfinished & due, role=Message.Role.ASSISTANT).values_list("id", flat=True)[:SWEEP_BATCH]
+    )
+    sent = 0
+    for message_id in candidates:
+        taken = Message.objects.filter(unfinished & due, id=message_id).update(
+            status=Message.Status.PENDING, lease_owner="", lease_expires_at=now + _lease(), updated_at=now
+        )
+        if not taken:
+            continue  # another sweeper, or its worker, got there first
+        try:
+            reply_send(reply=Message.objects.get(id=message_id))
+        except Exception:  # the broker is down: the lease set above lapses and the next sweep tries again
+            logger.warning("could not queue reply %s again; will retry", message_id, exc_info=True)
+            continue
+        sent += 1
+    if sent:
+        logger.warning("queued %s replies again whose worker stopped", sent)
+    return sent
+
+
+def sweeper_start(*, before: datetime.datetime | None = None) -> None:
+    """Sweep every CHAT_LEASE_SWEEP_S in a daemon thread of this worker process, once per
+    process; the first sweep at once (with `before`, see `replies_lapsed_resend`)."""
+    global _sweeper
+    with _sweeper_lock:
+        if _sweeper is not None:
+            return
+        _stop.clear()
+        _sweeper = threading.Thread(target=_sweep_for_ever, args=(before,), name="lease-sweeper", daemon=True)
+        _sweeper.start()
+
+
+def sweeper_stop() -> None:
+    """Stop this process's sweeper (a worker shutting down leaves sweeping to the others)."""
+    global _sweeper
+    with _sweeper_lock:
+        sweeper, _sweeper = _sweeper, None
+    if sweeper is not None:
+        _stop.set()
+        sweeper.join()
+
+
+_sweeper: threading.Thread | None = None
+_sweeper_lock = threading.Lock()
+_stop = threading.Event()
+
+
+def _sweep_for_ever(before: datetime.datetime | None) -> None:
+    from django.db import close_old_connections
+
+    while True:
+        try:
+            replies_lapsed_resend(before=before)
+            before = None
+        except Exception:  # the database is away; try again at the next sweep
+            logger.warning("lease sweep failed", exc_info=True)
+        finally:
+            close_old_connections()
+        if _stop.wait(settings.CHAT_LEASE_SWEEP_S):
+            return
+
+
+def _lease() -> datetime.timedelta:
+    return datetime.timedelta(seconds=settings.CHAT_LEASE_S)

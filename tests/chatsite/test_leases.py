@@ -1,0 +1,154 @@
+"""Leases on replies: one worker at a time, and a dead worker's replies taken over and finished."""
+import datetime
+import threading
+import time
+
+import pytest
+from django.utils import timezone
+
+from billing.plans import FREE, plan_get
+from chatsite import leases, services
+from chatsite.generation import reply_generate
+from chatsite.leases import lease_claim, lease_release, lease_renew, replies_lapsed_resend
+from chatsite.models import Message
+from chatsite.services import message_send
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """Replies the sweeper sends to the queue (the broker's side is Celery's)."""
+    ids = []
+    monkeypatch.setattr(services, "reply_send", lambda *, reply: ids.append(reply.id))
+    return ids
+
+
+def pending_reply(make_user, content="Hello"):
+    return message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content=content)[1]
+
+
+def lapse(reply, seconds=1):
+    Message.objects.filter(id=reply.id).update(lease_expires_at=timezone.now() - datetime.timedelta(seconds=seconds))
+
+
+def test_one_worker_at_a_time_claims_a_reply_and_a_lapsed_lease_can_be_taken(make_user):
+    reply = pending_reply(make_user)
+    first = lease_claim(message_id=reply.id)
+    assert first and lease_claim(message_id=reply.id) is None
+    assert lease_renew(message_id=reply.id, owner=first, content="so far")
+    lapse(reply)
+    second = lease_claim(message_id=reply.id)
+    assert second and second != first
+    assert not lease_renew(message_id=reply.id, owner=first, content="stale")  # the first lost it
+    reply.refresh_from_db()
+    assert (reply.content, reply.status, reply.attempts) == ("so far", "streaming", 2)
+
+
+def test_a_released_reply_keeps_its_text_and_is_due_at_once_without_counting_an_attempt(make_user, sent):
+    reply = pending_reply(make_user)
+    owner = lease_claim(message_id=reply.id)
+    assert lease_release(message_id=reply.id, owner=owner, content="half an ans")
+    reply.refresh_from_db()
+    assert (reply.status, reply.content, reply.attempts) == ("pending", "half an ans", 0)
+    assert replies_lapsed_resend() == 1 and sent == [reply.id]
+
+
+def test_the_sweeper_sends_lapsed_replies_again_once_and_leaves_live_ones(make_user, sent):
+    live, dead, unclaimed = pending_reply(make_user), pending_reply(make_user), pending_reply(make_user)
+    lease_claim(message_id=live.id)
+    lease_claim(message_id=dead.id)
+    lapse(dead)
+    lapse(unclaimed)  # queued, but no worker claimed it in CHAT_QUEUE_LEASE_S: its task was lost
+    assert replies_lapsed_resend() == 2
+    assert sorted(sent) == sorted([dead.id, unclaimed.id])
+    assert replies_lapsed_resend() == 0  # sent again: due only once the new lease lapses
+    statuses = dict(Message.objects.filter(id__in=[live.id, dead.id, unclaimed.id]).values_list("id", "status"))
+    assert statuses == {live.id: "streaming", dead.id: "pending", unclaimed.id: "pending"}
+
+
+def test_at_the_embedded_servers_start_every_reply_of_the_previous_run_is_sent_again(make_user, sent):
+    streaming, queued = pending_reply(make_user), pending_reply(make_user)
+    lease_claim(message_id=streaming.id)  # leases still running: the process died a moment ago
+    started = timezone.now()
+    current = pending_reply(make_user)
+    assert replies_lapsed_resend(before=started) == 2
+    assert sorted(sent) == sorted([streaming.id, queued.id]) and current.id not in sent
+
+
+def test_a_reply_taken_over_goes_on_from_its_saved_text(make_user):
+    reply = pending_reply(make_user)
+    owner = lease_claim(message_id=reply.id)
+    lease_renew(message_id=reply.id, owner=owner, content="Once upon")
+    lapse(reply)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "done" and reply.content.startswith("Once upon") and len(reply.content) > len("Once upon")
+    assert reply.lease_owner == "" and reply.lease_expires_at is None
+
+
+def test_a_reply_that_keeps_losing_its_worker_fails_after_the_last_attempt_keeping_its_text(make_user, settings):
+    reply = pending_reply(make_user)
+    Message.objects.filter(id=reply.id).update(
+        status="streaming", content="partial", attempts=settings.CHAT_MAX_ATTEMPTS, lease_owner="dead"
+    )
+    lapse(reply)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "failed" and reply.content == "partial"
+    assert f"after {settings.CHAT_MAX_ATTEMPTS} tries" in reply.error and "regenerate" in reply.error
+
+
+def streaming_in_a_thread(reply):
+    thread = threading.Thread(target=reply_generate, kwargs={"message_id": reply.id})
+    thread.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        row = Message.objects.get(id=reply.id)
+        if row.status == "streaming" and row.content:
+            return thread
+        time.sleep(0.05)
+    raise AssertionError("the reply never streamed")
+
+
+def test_a_worker_that_lost_its_lease_stops_without_writing(make_user, slow_engine, settings):
+    settings.CHAT_SAVE_EVERY_S = 0.05
+    reply = pending_reply(make_user)
+    thread = streaming_in_a_thread(reply)
+    lapse(reply)
+    new_owner = lease_claim(message_id=reply.id)  # another worker takes over
+    thread.join(10)
+    assert not thread.is_alive()
+    row = Message.objects.get(id=reply.id)
+    assert row.lease_owner == new_owner and row.status == "streaming"
+
+
+def test_a_worker_shutting_down_hands_its_reply_back_with_its_text(make_user, slow_engine, settings):
+    settings.CHAT_SAVE_EVERY_S = 0.05
+    reply = pending_reply(make_user)
+    thread = streaming_in_a_thread(reply)
+    slow_engine.shutdown()
+    thread.join(10)
+    row = Message.objects.get(id=reply.id)
+    assert row.status == "pending" and row.content and row.lease_owner == ""
+    assert row.lease_expires_at <= timezone.now()  # due at the next sweep
+    assert row.attempts == 0
+
+
+def test_the_sweeper_runs_in_the_background_of_a_worker_until_stopped(make_user, sent, settings):
+    settings.CHAT_LEASE_SWEEP_S = 0.05
+    reply = pending_reply(make_user)
+    lapse(reply)
+    leases.sweeper_stop()  # the embedded worker's, if a test before started one
+    leases.sweeper_start()
+    try:
+        deadline = time.monotonic() + 10
+        while reply.id not in sent and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        leases.sweeper_stop()
+    assert sent == [reply.id]
+    later = pending_reply(make_user)
+    lapse(later)
+    time.sleep(0.3)
+    assert later.id not in sent
