@@ -121,6 +121,14 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
     )
 
 
+def quota_refund(*, user, at: datetime.datetime) -> None:
+    """Take back the use `quota_consume` counted at `at` (its status's `now`): the message it
+    was for could not be sent after all and has been deleted."""
+    use = QuotaUse.objects.filter(user=user, at=at).order_by("-id").first()
+    if use is not None:
+        use.delete()
+
+
 def _duration(seconds: float) -> str:
     """3 hours, 1 hour 5 minutes, 12 minutes, 40 seconds."""
     seconds = int(seconds)

@@ -137,8 +137,18 @@ async def chat_completions(request: HttpRequest):
         response["Retry-After"] = str(refused.retry_after_s)
         return _with_rate_limit_headers(response, refused.status)
     embedded_worker_ensure()
-    watcher = await _Watcher.start([reply.id for reply in replies])
-    await _enqueue(replies)  # once subscribed: nothing the workers publish is missed
+    watcher = None
+    try:
+        watcher = await _Watcher.start([reply.id for reply in replies])
+        await _enqueue(replies)  # once subscribed: nothing the workers publish is missed
+    except Exception:
+        logger.warning("could not queue the replies of a call; withdrawing it", exc_info=True)
+        if watcher is not None:
+            await watcher.close(user=None)
+        await _in_db_thread(services.api_completion_withdraw)(replies=replies, quota=quota)
+        response = _error(wire.ApiError(503, services.UNAVAILABLE, type="server_error", code="service_unavailable"))
+        response["Retry-After"] = "5"
+        return response
     context = {"completion_id": f"chatcmpl-{replies[0].id}", "created": int(time.time()), "model": settings.CHAT_MODEL_NAME}
     if parsed.stream:
         response = StreamingHttpResponse(_stream(watcher, user, context, parsed.include_usage), content_type="text/event-stream")
@@ -214,13 +224,19 @@ class _Watcher:
         return wire.usage_out(self.prompt_tokens, self.completion_tokens)
 
     async def close(self, user) -> None:
-        """Stop what is still generating (the client left or gave up) and unsubscribe."""
-        for reply_id in self.unfinished:
-            await _in_db_thread(services.reply_stop)(user=user, message_id=reply_id)
+        """Stop what is still generating (the client left or gave up) and unsubscribe. Best
+        effort: while Redis is away a stop cannot be asked for (the generation timeout ends
+        the reply) and group memberships stay until they expire."""
         for task in self._readers:
             task.cancel()
-        for reply_id, channel in self._channels:
-            await self.layer.group_discard(generation_group(reply_id), channel)
+        try:
+            if user is not None:
+                for reply_id in self.unfinished:
+                    await _in_db_thread(services.reply_stop)(user=user, message_id=reply_id)
+            for reply_id, channel in self._channels:
+                await self.layer.group_discard(generation_group(reply_id), channel)
+        except Exception as error:
+            logger.warning("could not stop or unsubscribe replies %s: %r", self.reply_ids, error)
 
 
 def _end_event(reply) -> dict:

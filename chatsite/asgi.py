@@ -13,6 +13,9 @@ from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E40
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
 
+from chatsite import websocket_close  # noqa: E402, F401 - frames too large get a close frame
+from chatsite.embedded import embedded_worker_ensure  # noqa: E402
+from chatsite.openai_protocol import api_error_response  # noqa: E402
 from chatsite.routing import websocket_urlpatterns  # noqa: E402
 
 API_PREFIX = "/v1/"
@@ -31,7 +34,10 @@ class ApiHandler(ASGIHandler):
         self._middleware_chain = convert_exception_to_response(self._get_api_response)
 
     async def _get_api_response(self, request):
-        response = await self._get_response_async(request)
+        try:
+            response = await self._get_response_async(request)
+        except Exception as error:  # every answer of the API is OpenAI's JSON, never Django's HTML page
+            response = api_error_response(error)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")  # as SecurityMiddleware does
         return response
 
@@ -40,6 +46,9 @@ api_asgi_app = ApiHandler()
 
 
 async def http_app(scope, receive, send):
+    # The embedded worker (and its model) starts with the server's first request, a health
+    # check included, rather than with the first chat; it cannot start before the server runs.
+    embedded_worker_ensure()
     app = api_asgi_app if scope["path"].startswith(API_PREFIX) else django_asgi_app
     await app(scope, receive, send)
 

@@ -32,10 +32,12 @@ def embedded_worker_ensure() -> None:
     Call from the server's event loop: the loop is registered for publishing, since the
     in-memory channel layer's queues belong to it.
     """
+    global _worker_thread
     if not settings.CHATSITE_EMBEDDED_WORKER:
         return
     publisher.publisher_use_loop(asyncio.get_running_loop())
-    global _worker_thread
+    if _worker_thread is not None:
+        return  # every HTTP request asks: the common answer takes no lock
     with _lock:
         if _worker_thread is not None:
             return

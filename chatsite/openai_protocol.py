@@ -3,14 +3,20 @@ shape responses, chunks and errors as OpenAI's clients expect them."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass, field
+
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import Http404, JsonResponse
 
 from chatsite.untrusted import UntrustedInputError, json_loads, text_problem
 from inference import SamplingParams
 
 ROLES = {"system", "user", "assistant", "developer"}
 MAX_STOP = 4
+logger = logging.getLogger(__name__)
+
 UNSUPPORTED = ("tools", "functions", "tool_choice", "function_call", "audio", "modalities", "prediction")
 
 
@@ -24,6 +30,22 @@ class ApiError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def api_error_response(error: Exception) -> JsonResponse:
+    """What the API answers for an exception no view handled: the client's fault as a 4xx,
+    anything else as a 500, both in OpenAI's shape (the traceback goes to the log only)."""
+    if isinstance(error, Http404):
+        api_error = ApiError(404, "Unknown API path. This server serves /v1/models and /v1/chat/completions.",
+                             code="unknown_url")
+    elif isinstance(error, RequestDataTooBig):
+        api_error = ApiError(413, "The request body is too large.", code="request_too_large")
+    elif isinstance(error, SuspiciousOperation):
+        api_error = ApiError(400, "The request was refused as malformed.")
+    else:
+        logger.error("API request failed", exc_info=error)
+        api_error = ApiError(500, "The server had an error while processing your request.", type="server_error")
+    return JsonResponse(api_error.body(), status=api_error.status)
 
 
 @dataclass(frozen=True)

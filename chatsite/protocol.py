@@ -95,6 +95,7 @@ class TokenFrame(TypedDict):
     message: int
     text: str
     index: int
+    offset: int  # where `text` begins in the reply's content, in characters
 
 
 class DoneFrame(TypedDict):
@@ -136,8 +137,8 @@ def message_created_frame(user_message, assistant_message, quota: QuotaOut) -> M
     }
 
 
-def token_frame(message_id: int, *, text: str, index: int) -> TokenFrame:
-    return {"type": "token", "message": message_id, "text": text, "index": index}
+def token_frame(message_id: int, *, text: str, index: int, offset: int) -> TokenFrame:
+    return {"type": "token", "message": message_id, "text": text, "index": index, "offset": offset}
 
 
 def done_frame(message_id: int, *, status: str, finish_reason: str, content: str, usage: dict) -> DoneFrame:

@@ -58,6 +58,8 @@ _loop_lock = threading.Lock()
 def publisher_use_loop(loop: asyncio.AbstractEventLoop) -> None:
     """Send through `loop` from now on (the embedded server registers its own)."""
     global _loop
+    if _loop is loop:
+        return
     with _loop_lock:
         _loop = loop
 

@@ -1,9 +1,13 @@
 """Reads of the chat domain. Every read is scoped to its owner: others' rows do not exist."""
 from __future__ import annotations
 
+import logging
+
 from django.core.cache import cache
 
 from chatsite.models import Conversation, Message
+
+logger = logging.getLogger(__name__)
 
 
 def conversation_get(*, user, conversation_id: int) -> Conversation:
@@ -38,7 +42,13 @@ def stop_key(message_id: int) -> str:
 
 
 def reply_stop_requested(*, message_id: int) -> bool:
-    return bool(cache.get(stop_key(message_id)))
+    """Whether a stop was asked for. While the cache (Redis) is unreachable, no stop can have
+    been asked for either (asking fails the same way), so the answer is no."""
+    try:
+        return bool(cache.get(stop_key(message_id)))
+    except Exception as error:
+        logger.warning("could not read the stop flag of message %s: %r", message_id, error)
+        return False
 
 
 def replies_ended(*, message_ids) -> list[Message]:

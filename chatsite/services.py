@@ -8,7 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.plans import Plan, plan_get
-from billing.quota import QuotaStatus, quota_consume
+from billing.quota import QuotaStatus, quota_consume, quota_refund
 from chatsite.celery import app as celery_app
 from chatsite.leases import pending_lease_expiry
 from chatsite.models import Conversation, Message
@@ -80,6 +80,38 @@ def reply_send(*, reply: Message) -> None:
     celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
 
 
+class ServiceUnavailable(Exception):
+    """The broker, the channel layer or the cache cannot be reached; nothing was done."""
+
+
+UNAVAILABLE = "The service is temporarily unavailable; nothing was sent or charged. Please try again in a moment."
+
+
+@transaction.atomic
+def message_send_withdraw(*, user_message: Message, reply: Message, quota: QuotaStatus) -> None:
+    """Undo `message_send` when its reply could not be queued: delete both messages (and the
+    conversation if they were all it had), put the conversation back on the message before,
+    and give the quota use back."""
+    conversation = Conversation.objects.select_for_update().get(id=reply.conversation_id)
+    Message.objects.filter(id__in=[reply.id, user_message.id]).delete()
+    if not conversation.messages.exists():
+        conversation.delete()
+    else:
+        conversation.current_id = user_message.parent_id
+        conversation.save(update_fields=["current", "updated_at"])
+    quota_refund(user=conversation.owner, at=quota.now)
+
+
+@transaction.atomic
+def api_completion_withdraw(*, replies: list[Message], quota: QuotaStatus) -> None:
+    """Undo `api_completion_create` when its replies could not be queued: the call's
+    conversation goes, and the quota use is given back."""
+    conversation = replies[0].conversation
+    owner = conversation.owner
+    conversation.delete()
+    quota_refund(user=owner, at=quota.now)
+
+
 class StopOutcome(enum.Enum):
     STOPPED = "stopped"  # it was still queued and is now stopped; no worker will report on it
     STOPPING = "stopping"  # it is being generated; the worker stops it and reports `done`
@@ -96,7 +128,10 @@ def reply_stop(*, user, message_id: int) -> StopOutcome:
     ):
         return StopOutcome.STOPPED
     if owned.filter(status=Message.Status.STREAMING).exists():
-        cache.set(stop_key(message_id), True, STOP_KEY_TTL_S)
+        try:
+            cache.set(stop_key(message_id), True, STOP_KEY_TTL_S)
+        except Exception as error:  # the cache is Redis in the distributed mode
+            raise ServiceUnavailable(str(error)) from error
         return StopOutcome.STOPPING
     return StopOutcome.NOTHING
 

@@ -5,6 +5,7 @@ import time
 
 import pytest
 from channels.layers import get_channel_layer
+from channels.testing import HttpCommunicator
 
 from chatsite.api import _Watcher
 from chatsite.publisher import generation_group
@@ -95,3 +96,48 @@ async def test_a_call_whose_prompt_is_over_the_plans_tokens_is_refused_before_an
     assert error["code"] == "context_length_exceeded" and error["param"] == "messages"
     assert "4,096" in error["message"]
     assert not await Message.objects.acount()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/v1/completions", b"{}", 404, "unknown_url"),
+        ("/v1/chat/completions", b'{"model": "m", "messages": ' + b"[" * 5000 + b"]" * 5000 + b"}", 400, None),
+        ("/v1/chat/completions", b'{"model": "x", "messages": [' + b'{"role": "user", "content": "' + b"y" * 3_000_000 + b'"}]}', 413, "request_too_large"),
+    ],
+)
+async def test_every_api_error_is_openais_json_never_a_html_page(api_key, path, body, status, code):
+    from chatsite.asgi import application
+
+    communicator = HttpCommunicator(
+        application, "POST", path, body=body,
+        headers=[(b"authorization", f"Bearer {api_key}".encode()), (b"content-type", b"application/json"),
+                 (b"host", b"127.0.0.1")],
+    )
+    response = await communicator.get_response(timeout=30)
+    assert response["status"] == status
+    assert dict(response["headers"])[b"Content-Type"] == b"application/json"
+    error = json.loads(response["body"])["error"]
+    assert error["message"] and error["code"] == code
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_an_error_no_view_expected_is_a_json_500(api_key, monkeypatch):
+    from chatsite import api
+    from chatsite.asgi import application
+
+    def broken(*_, **__):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(api, "plan_for_user", broken)
+    communicator = HttpCommunicator(
+        application, "POST", "/v1/chat/completions", body=b'{"model": "m", "messages": []}',
+        headers=[(b"authorization", f"Bearer {api_key}".encode()), (b"host", b"127.0.0.1")],
+    )
+    response = await communicator.get_response(timeout=30)
+    assert response["status"] == 500
+    assert json.loads(response["body"])["error"]["type"] == "server_error"
+    assert b"a bug" not in response["body"] and b"Traceback" not in response["body"]

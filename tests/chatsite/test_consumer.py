@@ -3,6 +3,7 @@ the real task on the tiny model."""
 import asyncio
 
 import pytest
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
@@ -63,6 +64,10 @@ async def test_a_socket_from_a_foreign_origin_is_refused(make_user):
         ({"type": "send", "conversation": None, "content": "x" * 4001}, "too_long"),
         ({"type": "send", "conversation": "one", "content": "hi"}, "bad_frame"),
         ({"type": "send", "conversation": 999999, "content": "hi"}, "not_found"),
+        ('{"type": "send", "conversation": null, "content": ' + "[" * 1000 + "]" * 1000 + "}", "bad_json"),
+        ({"type": "send", "conversation": None, "content": "nul\x00"}, "bad_text"),
+        ('{"type": "send", "conversation": null, "content": "\\ud800"}', "bad_text"),
+        ({"type": "send", "conversation": None, "content": ["hi"]}, "empty_content"),
     ],
 )
 async def test_a_bad_frame_gets_an_error_keeps_the_socket_open_and_writes_nothing(make_user, frame, code):
@@ -178,4 +183,34 @@ async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make
     assert "2 messages in the last 3 hours" in refused["error"]
     assert 0 < refused["retry_after"] <= 3 * 3600 and refused["quota"]["remaining"] == 0
     assert await Message.objects.acount() == saved
+    await communicator.disconnect()
+
+
+async def test_a_frame_over_the_limit_is_answered_and_the_socket_closed_with_4009(make_user):
+    communicator = await open_socket(make_user())
+    await communicator.send_to(text_data='{"type": "send", "content": "' + "x" * (256 * 1024) + '"}')
+    frame = await communicator.receive_json_from(timeout=TIMEOUT)
+    assert frame["code"] == "too_large" and "256 KiB" in frame["error"]
+    assert (await communicator.receive_output(timeout=TIMEOUT))["code"] == 4009
+    assert await Message.objects.acount() == 0
+
+
+async def test_a_send_that_cannot_be_queued_is_withdrawn_and_nothing_is_charged(make_user, monkeypatch):
+    from billing.models import QuotaUse
+    from chatsite import services
+
+    def broker_down(*, reply):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(services, "reply_send", broker_down)
+    user = await database_sync_to_async(make_user)()
+    conversation, _, _ = await database_sync_to_async(conversation_with_reply)(user)
+    communicator = await open_socket(user)
+    for target in (None, conversation.id):
+        frame = await send(communicator, {"type": "send", "conversation": target, "content": "Hello?"})
+        assert frame["code"] == "unavailable" and "nothing was sent or charged" in frame["error"]
+    assert await Message.objects.acount() == 2  # the conversation's own two
+    assert await Conversation.objects.acount() == 1
+    assert (await Conversation.objects.aget(id=conversation.id)).current_id == conversation.current_id
+    assert await QuotaUse.objects.acount() == 0
     await communicator.disconnect()
