@@ -13,6 +13,7 @@
 
   let conversationId = chat.dataset.conversation ? parseInt(chat.dataset.conversation, 10) : null;
   let socket = null;
+  let queued = null;  // a send frame waiting for the socket to open
   let reconnectDelay = 500;
   let generating = null; // {id, contentEl} of the reply being streamed
 
@@ -52,7 +53,11 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     socket = new WebSocket(scheme + location.host + "/ws/chat/");
-    socket.addEventListener("open", function () { reconnectDelay = 500; setStatus(""); });
+    socket.addEventListener("open", function () {
+      reconnectDelay = 500;
+      setStatus("");
+      if (queued) { socket.send(queued); queued = null; }  // written before the socket was up
+    });
     socket.addEventListener("message", function (event) { handle(JSON.parse(event.data)); });
     socket.addEventListener("close", function (event) {
       if (generating) {
@@ -143,9 +148,11 @@
       setStatus("The message has " + content.length + " characters; your plan allows " + maxChars + ".");
       return;
     }
-    if (!socket || socket.readyState !== WebSocket.OPEN) { setStatus("Not connected yet; try again in a moment."); return; }
+    if (queued) return;
     addMessage("user", content).classList.add("sending");
-    socket.send(JSON.stringify({type: "send", conversation: conversationId, content: content}));
+    const frame = JSON.stringify({type: "send", conversation: conversationId, content: content});
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(frame);
+    else { queued = frame; setStatus("Connecting…"); }
     input.value = "";
   });
 
