@@ -9,6 +9,7 @@ import datetime
 import enum
 import json
 import logging
+import time
 
 import stripe
 from django.conf import settings
@@ -41,11 +42,25 @@ def event_verify(*, payload: bytes, signature: str | None) -> dict:
             payload.decode("utf-8"), signature, settings.STRIPE_WEBHOOK_SECRET, tolerance=stripe.Webhook.DEFAULT_TOLERANCE
         )
         event = json.loads(payload)
-    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError) as error:
+    # RecursionError: JSON nested too deep for Python's parser (only a signed body gets this far).
+    except (stripe.SignatureVerificationError, UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BadEvent(str(error)) from None
+    # The SDK refuses a timestamp too far in the past, not one in the future: a signature
+    # dated ahead would stay replayable until then.
+    if _signed_at(signature) > time.time() + stripe.Webhook.DEFAULT_TOLERANCE:
+        raise BadEvent("the signature's timestamp is in the future")
     if not isinstance(event, dict) or not isinstance(event.get("id"), str) or not isinstance(event.get("type"), str):
         raise BadEvent("not a Stripe event")
     return event
+
+
+def _signed_at(signature: str) -> int:
+    """The `t=` of a Stripe-Signature header (verify_header has checked that it parses)."""
+    for part in signature.split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t":
+            return int(value)
+    return 0
 
 
 def event_process(*, event: dict) -> Outcome:

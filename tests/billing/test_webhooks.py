@@ -35,10 +35,14 @@ def test_a_signed_subscription_event_makes_the_customer_plus(fake_stripe, post_e
     assert plan_for_user(customer).code == PLUS
 
 
-@pytest.mark.parametrize("tamper", ["body", "secret", "expired", "missing"])
+@pytest.mark.parametrize("tamper", ["body", "secret", "expired", "future", "missing"])
 def test_a_bad_or_stale_signature_is_refused_and_changes_nothing(fake_stripe, client, customer, tamper):
     event = subscription_event(fake_stripe, status="active")
-    signing = {"secret": {"secret": "whsec_wrong"}, "expired": {"timestamp": int(time.time()) - 301}}.get(tamper, {})
+    signing = {
+        "secret": {"secret": "whsec_wrong"},
+        "expired": {"timestamp": int(time.time()) - 301},
+        "future": {"timestamp": int(time.time()) + 24 * 3600},
+    }.get(tamper, {})
     body, header = signed(event, **signing)
     if tamper == "body":
         body = body.replace(b'"active"', b'"trialing"')
@@ -144,3 +148,16 @@ def test_subscribe_plus_payment_failed_grace_cancel_free(fake_stripe, post_event
     assert Subscription.objects.get(stripe_id="sub_life").status == "canceled"
     assert plan_for_user(customer, now=now + 9 * day).code == PLUS  # paid until period_end
     assert plan_for_user(customer, now=now + 11 * day).code == FREE
+
+
+def test_a_signed_body_nested_too_deep_is_refused_not_a_server_error(fake_stripe, client):
+    import stripe
+
+    from tests.billing.conftest import WEBHOOK_SECRET
+
+    payload = '{"id": "evt_deep", "type": "x", "data": ' + "[" * 5000 + "]" * 5000 + "}"
+    header = stripe.WebhookSignature.generate_signature_header(payload, WEBHOOK_SECRET)
+    response = client.post("/stripe/webhook/", payload.encode(), content_type="application/json",
+                           HTTP_STRIPE_SIGNATURE=header)
+    assert response.status_code == 400
+    assert not StripeEvent.objects.exists()

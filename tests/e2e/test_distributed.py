@@ -234,3 +234,28 @@ def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_pa
     assert received == saved  # greedy: what was repeated after the takeover was trimmed, nothing doubled
     assert max(attempts for _, attempts, _ in rows) >= 2  # taken over from the killed worker
     assert "generate_reply[" in processes["second"].log()
+
+
+def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
+    """redis-py's read timeout used to equal channels_redis's 5 s blocking wait: every idle
+    socket was dropped after 5 s."""
+    import websockets
+
+    server, _, _ = distributed
+    cookie = sign_up(server.url, "idle-user").cookie
+
+    async def idle_then_chat():
+        async with websockets.connect(
+            server.url.replace("http://", "ws://") + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": server.url}
+        ) as socket_:
+            await asyncio.sleep(30)
+            await socket_.send(json.dumps({"type": "send", "conversation": None, "content": "still here"}))
+            frames = [json.loads(await asyncio.wait_for(socket_.recv(), 30))]
+            while frames[-1]["type"] not in ("done", "error"):
+                frames.append(json.loads(await asyncio.wait_for(socket_.recv(), 30)))
+            return frames
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        frames = pool.submit(asyncio.run, idle_then_chat()).result()
+    assert frames[0]["type"] == "message.created" and frames[-1]["type"] == "done"
+    assert "Timeout reading" not in server.log()
