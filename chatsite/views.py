@@ -4,13 +4,14 @@ from __future__ import annotations
 from asgiref.sync import sync_to_async
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods
 
 from billing.plans import plan_for_user
 from billing.quota import quota_status
-from chatsite import health
+from chatsite import health, throttle
 from chatsite.forms import SignupForm
 from chatsite.models import Conversation
 from chatsite.selectors import conversation_branch, conversation_get, conversation_list
@@ -21,11 +22,44 @@ def signup(request: HttpRequest) -> HttpResponse:
     if request.user.is_authenticated:
         return redirect("chat")
     form = SignupForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("chat")
+    if request.method == "POST":
+        ip = throttle.client_ip(request)
+        try:
+            throttle.signup_check(ip=ip)
+        except throttle.Throttled as refused:
+            return _throttled(request, "registration/signup.html", form, refused)
+        if form.is_valid():
+            user = form.save()
+            throttle.signup_done(ip=ip)
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("chat")
     return render(request, "registration/signup.html", {"form": form})
+
+
+class ThrottledLoginView(LoginView):
+    """Django's log-in, refused while the account or the address has failed too often
+    (chatsite/throttle.py): 429 with the reason and when to try again."""
+
+    def post(self, request, *args, **kwargs):
+        try:
+            throttle.login_check(username=request.POST.get("username", ""), ip=throttle.client_ip(request))
+        except throttle.Throttled as refused:
+            return _throttled(request, self.template_name, self.get_form(), refused)
+        return super().post(request, *args, **kwargs)
+
+    def form_valid(self, form):
+        throttle.login_succeeded(username=form.get_user().get_username())
+        return super().form_valid(form)
+
+    def form_invalid(self, form):
+        throttle.login_failed(username=self.request.POST.get("username", ""), ip=throttle.client_ip(self.request))
+        return super().form_invalid(form)
+
+
+def _throttled(request: HttpRequest, template: str, form, refused: throttle.Throttled) -> HttpResponse:
+    response = render(request, template, {"form": form, "throttled": str(refused)}, status=429)
+    response["Retry-After"] = str(refused.retry_after_s)
+    return response
 
 
 @login_required

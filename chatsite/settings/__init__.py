@@ -62,6 +62,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chatsite.middleware.SecurityHeadersMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -158,6 +159,7 @@ from chatsite.settings.billing import *  # noqa: E402, F403
 from chatsite.settings.celery import *  # noqa: E402, F403
 from chatsite.settings.channels import *  # noqa: E402, F403
 from chatsite.settings.inference import *  # noqa: E402, F403
+from chatsite.settings.security import *  # noqa: E402, F403
 
 if DATABASES["default"]["ENGINE"] == "chatsite.sqlite":
     # Celery's Django fix-up closes every connection of the task's thread before and after
