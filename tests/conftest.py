@@ -86,3 +86,20 @@ def slow_engine(tiny_engine_config):
     yield engine
     engine_set(None)
     engine.shutdown()
+
+
+@pytest.fixture
+def sampling_fails_for_seed(monkeypatch):
+    """The engine's sampler raises, as it did on NaN probabilities, for requests with this seed."""
+    from inference import engine as engine_module
+
+    doomed_seed = 666
+    real_sample = engine_module.sample
+
+    def sample(logits, params, *args, **kwargs):
+        if params.seed == doomed_seed:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_sample(logits, params, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample", sample)
+    return doomed_seed

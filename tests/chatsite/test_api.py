@@ -61,18 +61,8 @@ def post_completion(api_key, **body):
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_a_stream_whose_generation_fails_ends_with_an_error_event_not_a_normal_stop(api_key, monkeypatch):
-    from inference import engine as engine_module
-
-    real_sample = engine_module.sample
-
-    def sample(logits, params, *args, **kwargs):
-        if params.seed == 666:
-            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real_sample(logits, params, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "sample", sample)
-    response = await post_completion(api_key, stream=True, temperature=0.7, seed=666, max_tokens=20)
+async def test_a_stream_whose_generation_fails_ends_with_an_error_event_not_a_normal_stop(api_key, sampling_fails_for_seed):
+    response = await post_completion(api_key, stream=True, temperature=0.7, seed=sampling_fails_for_seed, max_tokens=20)
     assert response.status_code == 200
     events = [
         line[len(b"data: "):]

@@ -340,20 +340,10 @@ def test_a_vanishing_temperature_is_greedy_beside_another_running_request(engine
     assert run(running)[2].status is RequestStatus.DONE
 
 
-def test_a_request_whose_sampling_fails_fails_alone(engine, monkeypatch):
-    from inference import engine as engine_module
-
-    real_sample = engine_module.sample
-
-    def sample(logits, params, *args, **kwargs):
-        if params.seed == 666:
-            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return real_sample(logits, params, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "sample", sample)
+def test_a_request_whose_sampling_fails_fails_alone(engine, sampling_fails_for_seed):
     others = [engine.submit(prompt(engine, text), SamplingParams(temperature=0.7, seed=n, max_new_tokens=30))
               for n, text in enumerate(("one", "two", "three"))]
-    doomed = engine.submit(prompt(engine, "four"), SamplingParams(temperature=0.7, seed=666, max_new_tokens=30))
+    doomed = engine.submit(prompt(engine, "four"), SamplingParams(temperature=0.7, seed=sampling_fails_for_seed, max_new_tokens=30))
     finish = run(doomed)[2]
     assert finish.status is RequestStatus.FAILED and finish.reason.startswith("error:")
     for request in others:

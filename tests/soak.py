@@ -1,0 +1,164 @@
+"""`make soak`: many socket users chatting for minutes against the distributed set-up.
+
+Starts daphne and a `celery worker` process on a fresh PostgreSQL database and Redis (database
+14), with the tiny model (`--real-model` for SmolLM2), creates USERS accounts with sessions,
+and has each chat over its own WebSocket for DURATION seconds: send, wait for the end, pause
+0.5-2 s, send again. Reports completed / failed / lost and the time to first token; a reply is
+lost when its socket got no end within TIMEOUT, or its row is not finished a while after the
+run. Exits 1 if any is lost.
+
+    .venv/bin/python -m tests.soak [--users 200] [--duration 180]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+import redis
+import websockets
+
+from tests.e2e.servers import Daphne, celery_worker, manage, server_env
+from tests.postgres import fresh_database
+from tests.tiny_model import build_tiny_model
+
+REDIS_URL = "redis://127.0.0.1:6379/14"
+TIMEOUT_S = 120.0  # a reply with no end by then is lost
+SETTLE_S = 60.0  # after the run, how long unfinished rows may take to end
+
+# Creates the users and a logged-in session for each, printing their session keys.
+CREATE_SESSIONS = """
+import json
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
+from django.contrib.auth.hashers import make_password
+from django.contrib.sessions.backends.db import SessionStore
+User = get_user_model()
+password = make_password(None)
+users = User.objects.bulk_create([User(username=f"soak{n}", password=password) for n in range({users})])
+keys = []
+for user in User.objects.filter(username__startswith="soak").order_by("id"):
+    session = SessionStore()
+    session[SESSION_KEY] = str(user.pk)
+    session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    session.create()
+    keys.append(session.session_key)
+print(json.dumps(keys))
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--duration", type=float, default=180.0)
+    parser.add_argument("--real-model", action="store_true", help="SmolLM2 instead of the tiny random model")
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="chatsite-soak-"))
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    with fresh_database("chatsite_soak") as database_url:
+        env = server_env(
+            DATABASE_URL=database_url, REDIS_URL=REDIS_URL, DJANGO_SECRET_KEY="soak-" + uuid.uuid4().hex,
+            CHATSITE_DATA_DIR=str(folder), FREE_MESSAGES_PER_WINDOW="100000", FREE_MAX_OUTPUT_TOKENS="64",
+            CHAT_MAX_RUNNING="64", LOG_LEVEL="WARNING",
+        )
+        if not args.real_model:
+            env.update(CHAT_MODEL=str(build_tiny_model(folder / "model")), CHAT_DTYPE="fp32")
+        manage(env, "migrate", "--noinput")
+        keys = json.loads(_shell(env, CREATE_SESSIONS.replace("{users}", str(args.users))))
+        worker = celery_worker(env, folder)
+        server = Daphne(env, folder)
+        try:
+            print(f"{args.users} users chatting for {args.duration:.0f} s against {server.url} ...", flush=True)
+            results = asyncio.run(_run(server.url, keys, args.duration))
+            unfinished = _settle(database_url)
+            alive = worker.popen.poll() is None and server.popen.poll() is None
+        finally:
+            server.stop()
+            worker.stop()
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    ttfts = sorted(t for user in results for t in user["ttft"])
+    completed = sum(user["completed"] for user in results)
+    failed = sum(user["failed"] for user in results)
+    lost = sum(user["lost"] for user in results) + unfinished
+    report = {
+        "users": args.users, "duration_s": args.duration, "completed": completed, "failed": failed, "lost": lost,
+        "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
+        "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
+        "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
+    }
+    print(json.dumps(report, indent=2))
+    return 0 if lost == 0 and alive else 1
+
+
+async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
+    deadline = time.monotonic() + duration
+    return await asyncio.gather(*(_user(base_url, key, deadline, random.Random(n)) for n, key in enumerate(keys)))
+
+
+async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
+    result = {"completed": 0, "failed": 0, "lost": 0, "ttft": []}
+    await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
+    url = base_url.replace("http://", "ws://") + "/ws/chat/"
+    conversation = None
+    while time.monotonic() < deadline:
+        try:
+            async with websockets.connect(url, additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url},
+                                          open_timeout=60) as socket_:
+                while time.monotonic() < deadline:
+                    sent = time.monotonic()
+                    await socket_.send(json.dumps({"type": "send", "conversation": conversation,
+                                                   "content": f"Tell me something, {rng.randrange(10**6)}"}))
+                    first_token = None
+                    while True:
+                        frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
+                        if frame["type"] == "message.created":
+                            conversation = frame["conversation"]["id"]
+                        elif frame["type"] == "token" and first_token is None:
+                            first_token = time.monotonic() - sent
+                        elif frame["type"] == "done":
+                            result["completed"] += 1
+                            if first_token is not None:
+                                result["ttft"].append(first_token)
+                            break
+                        elif frame["type"] == "error":
+                            result["failed"] += 1
+                            break
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+        except (TimeoutError, websockets.ConnectionClosed, OSError):
+            result["lost"] += 1
+    return result
+
+
+def _settle(database_url: str) -> int:
+    """Replies still unfinished once the workers have had SETTLE_S to end them."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        with psycopg.connect(database_url) as connection:
+            unfinished = connection.execute(
+                "SELECT count(*) FROM chatsite_message WHERE role = 'assistant' AND status IN ('pending', 'streaming')"
+            ).fetchone()[0]
+        if unfinished == 0 or time.monotonic() > deadline:
+            return unfinished
+        time.sleep(1)
+
+
+def _shell(env: dict, code: str) -> str:
+    import subprocess
+
+    from tests.e2e.servers import BIN, ROOT
+
+    return subprocess.run([str(BIN / "python"), "manage.py", "shell", "-c", code], cwd=ROOT, env=env, check=True,
+                          capture_output=True, text=True).stdout.strip().splitlines()[-1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
