@@ -32,5 +32,5 @@ CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming
 # continued from its saved text (chatsite/leases.py). Lapse + sweep bound the takeover.
 CHAT_LEASE_S = env_float("CHAT_LEASE_S", 30.0)
 CHAT_LEASE_SWEEP_S = env_float("CHAT_LEASE_SWEEP_S", 10.0)
-CHAT_QUEUE_LEASE_S = env_float("CHAT_QUEUE_LEASE_S", 300.0)  # a queued reply no worker claimed is sent again
+CHAT_QUEUE_LEASE_S = env_float("CHAT_QUEUE_LEASE_S", 60.0)  # a queued reply no worker claimed is sent again
 CHAT_MAX_ATTEMPTS = env_int("CHAT_MAX_ATTEMPTS", 3)  # claims of one reply before it fails

@@ -32,6 +32,9 @@ def outage(tmp_path_factory, tiny_model_dir):
             DATABASE_URL=database_url, REDIS_URL=forwarder.url(REDIS_DATABASE),
             DJANGO_SECRET_KEY="outage-" + uuid.uuid4().hex, CHATSITE_DATA_DIR=str(log_dir),
             CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32", FREE_MAX_OUTPUT_TOKENS="960",
+            # A task popped by the worker as its connection broke is lost in transit (Redis's
+            # BRPOP is at most once); its reply is queued again after the queue lease.
+            CHAT_QUEUE_LEASE_S="5", CHAT_LEASE_SWEEP_S="1",
         )
         manage(env, "migrate", "--noinput")
         worker = celery_worker(env, log_dir)
