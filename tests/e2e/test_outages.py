@@ -55,6 +55,14 @@ def counts(database_url):
         ).fetchone()
 
 
+def api_replies(database_url):
+    with psycopg.connect(database_url) as connection:
+        return connection.execute(
+            "SELECT count(*) FROM chatsite_message m JOIN chatsite_conversation c ON m.conversation_id = c.id"
+            " WHERE c.source = 'api' AND m.role = 'assistant'"
+        ).fetchone()[0]
+
+
 def in_a_thread(coroutine):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, coroutine).result()
@@ -109,6 +117,10 @@ def test_a_redis_outage_while_replies_stream_loses_no_reply_and_kills_no_process
                     "ignore_eos": True}
 
             async def outage_of_three_seconds():
+                # Once the three calls are queued: a call made during the outage is refused (the other test).
+                while await asyncio.to_thread(api_replies, database_url) < 3:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.2)
                 forwarder.cut()
                 await asyncio.sleep(3)
                 forwarder.restore()
