@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from chatsite.models import Conversation, Message
+from chatsite.models import Conversation, Feedback, Message
 
 
 class MessageInline(admin.TabularInline):
@@ -29,3 +29,12 @@ class MessageAdmin(admin.ModelAdmin):
     search_fields = ("content", "conversation__title", "conversation__owner__username")
     raw_id_fields = ("conversation", "parent")
     readonly_fields = ("created_at", "updated_at")
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = ("message", "user", "rating", "comment", "updated_at")
+    list_filter = ("rating", "updated_at")
+    search_fields = ("comment", "message__content", "user__username")
+    raw_id_fields = ("message", "user")
+    readonly_fields = ("message", "user", "rating", "comment", "created_at", "updated_at")

@@ -1,6 +1,7 @@
 """ASGI entry point: /v1/ (the API) through a Django handler of its own, the rest of HTTP
 through Django's, /ws/ through Channels. Served by Daphne."""
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -52,6 +53,17 @@ async def http_app(scope, receive, send):
     app = api_asgi_app if scope["path"].startswith(API_PREFIX) else django_asgi_app
     await app(scope, receive, send)
 
+
+def _start_with_the_server() -> None:
+    """Under Daphne, start the embedded worker (and load the model) as soon as the server runs,
+    not at its first request: the first visitor then finds the model loading or loaded. Inside
+    the running loop, which the worker's publisher needs; outside Daphne (tests) nothing."""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is not None:
+        reactor.callWhenRunning(reactor.callLater, 0, embedded_worker_ensure)
+
+
+_start_with_the_server()
 
 application = ProtocolTypeRouter(
     {

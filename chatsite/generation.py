@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 
 from django.conf import settings
 from django.db import connections, transaction
@@ -18,8 +18,10 @@ from billing.plans import plan_for_user, plan_get
 from billing.usage import usage_record
 from chatsite import publisher
 from chatsite.leases import lease_claim, lease_release, lease_renew
+from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
 from chatsite.selectors import conversation_branch, reply_stop_requested
+from chatsite.titles import title_request
 from inference import EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.engine import EngineShuttingDown
 from inference.prompts import PromptTooLong, build_prompt_ids, continuation_ids
@@ -59,11 +61,14 @@ def _generate(reply: Message, owner: str) -> None:
     plan = plan_get(reply.plan) if reply.plan else plan_for_user(reply.conversation.owner)
     reply.plan = plan.code
     params = _sampling_params(reply, plan)
-    # A reply taken over from a worker that stopped goes on from its saved text.
+    # A reply taken over from a worker that stopped, or that the user asked to continue, goes on
+    # from its saved text; what it wrote in this round (since `tokens_before`) counts against
+    # the plan's cap.
     continued = continuation_ids(engine.tokenizer, reply.content) if reply.content else []
-    if continued:
-        params = replace(params, max_new_tokens=max(1, params.max_new_tokens - len(continued)),
-                         min_tokens=max(0, params.min_tokens - len(continued)))
+    written = max(0, len(continued) - reply.tokens_before)
+    if written:
+        params = replace(params, max_new_tokens=max(1, params.max_new_tokens - written),
+                         min_tokens=max(0, params.min_tokens - written))
     try:
         prompt_ids = build_prompt_ids(
             engine.tokenizer,
@@ -79,15 +84,28 @@ def _generate(reply: Message, owner: str) -> None:
     )
     _release_connection()
     with _STREAMS:
-        _stream(reply, owner, request, continued_tokens=len(continued))
+        # Tokens the answer had before this round: counted when the answer was cut (a Continue),
+        # else its saved text's (a takeover, whose first round was never counted).
+        earlier = max(reply.tokens_before, len(continued))
+        _stream(reply, owner, request, Carried(prompt_tokens=len(continued), answer_tokens=earlier))
 
 
-def _stream(reply: Message, owner: str, request: Request, *, continued_tokens: int = 0) -> None:
+@dataclass(frozen=True)
+class Carried:
+    """What a continued answer brings into this round: its text's tokens, appended to the
+    prompt, and the tokens it counts as written already."""
+
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+
+
+def _stream(reply: Message, owner: str, request: Request, carried: Carried = Carried()) -> None:
     started = time.monotonic()
     last_save = started
     last_stop_check = 0.0
     pieces: list[str] = [reply.content] if reply.content else []
     length = len(reply.content)  # characters in `pieces`: the next text's offset
+    live_reset(reply.id, reply.content)
     streamed = bool(pieces)
     while True:
         if streamed:
@@ -105,10 +123,11 @@ def _stream(reply: Message, owner: str, request: Request, *, continued_tokens: i
             text = "".join(token.text for token in tokens)
             pieces.append(text)
             streamed = True
-            publisher.publish_token(reply.id, text=text, index=continued_tokens + tokens[0].index, offset=length)
+            live_append(reply.id, length, text)
+            publisher.publish_token(reply.id, text=text, index=carried.answer_tokens + tokens[0].index, offset=length)
             length += len(text)
         if finish is not None:
-            _finish(reply, owner, "".join(pieces), finish, continued_tokens=continued_tokens)
+            _finish(reply, owner, "".join(pieces), finish, carried)
             return
         now = time.monotonic()
         if now - last_stop_check >= settings.CHAT_STOP_POLL_S:
@@ -200,7 +219,8 @@ def _chat_messages(reply: Message) -> list[dict[str, str]]:
     return messages
 
 
-def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, *, continued_tokens: int = 0) -> None:
+def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carried: Carried = Carried()) -> None:
+    live_clear(reply.id)
     if finish.status is RequestStatus.STOPPED and finish.reason == "shutdown":
         # This worker is going away, not the answer: another worker continues it.
         lease_release(message_id=reply.id, owner=owner, content=content)
@@ -214,8 +234,8 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, *, co
             status=status,
             finish_reason=finish.reason,
             error=error,
-            prompt_tokens=usage.prompt_tokens - continued_tokens,
-            completion_tokens=usage.completion_tokens + continued_tokens,
+            prompt_tokens=usage.prompt_tokens - carried.prompt_tokens,
+            completion_tokens=usage.completion_tokens + carried.answer_tokens,
             queue_wait_s=usage.queue_wait_s,
             ttft_s=usage.ttft_s,
             decode_s=usage.decode_s,
@@ -234,7 +254,7 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, *, co
             plan=reply.plan,
             source=reply.conversation.source,
             status=status,
-            prompt_tokens=usage.prompt_tokens - continued_tokens,
+            prompt_tokens=usage.prompt_tokens - carried.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             queue_wait_s=usage.queue_wait_s,
             ttft_s=usage.ttft_s,
@@ -244,12 +264,15 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, *, co
     if status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
         publisher.publish_error(reply.id, error=error)
         return
-    usage_out = {**asdict(usage), "prompt_tokens": usage.prompt_tokens - continued_tokens,
-                 "completion_tokens": usage.completion_tokens + continued_tokens}
+    usage_out = {**asdict(usage), "prompt_tokens": usage.prompt_tokens - carried.prompt_tokens,
+                 "completion_tokens": usage.completion_tokens + carried.answer_tokens}
     publisher.publish_done(reply.id, status=status, finish_reason=finish.reason, content=content, usage=usage_out)
+    if status == Message.Status.DONE:
+        title_request(conversation=reply.conversation)
 
 
 def _fail(reply: Message, owner: str, error: str) -> None:
+    live_clear(reply.id)
     Message.objects.filter(id=reply.id, lease_owner=owner).update(
         status=Message.Status.FAILED, error=error, finish_reason="error", lease_owner="", lease_expires_at=None,
         updated_at=timezone.now(),

@@ -10,8 +10,14 @@ class Conversation(models.Model):
         CHAT = "chat"
         API = "api"  # one per /v1/chat/completions call; not listed on the chat page
 
+    class TitleSource(models.TextChoices):
+        MESSAGE = "message"  # the first message, cut off: until the model writes one
+        MODEL = "model"
+        USER = "user"  # renamed; the model never overwrites it
+
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=200, default="New chat")
+    title_source = models.CharField(max_length=10, choices=TitleSource.choices, default=TitleSource.MESSAGE)
     source = models.CharField(max_length=10, choices=Source.choices, default=Source.CHAT)
     # The last message of the branch the user sees; new messages continue it.
     current = models.ForeignKey("Message", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
@@ -66,6 +72,9 @@ class Message(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)  # claims so far; bounded, so a reply that kills workers ends
+    # Completion tokens written before the current round of generation: a reply the user asked
+    # to continue after the plan's cap gets a whole cap more, counted from here.
+    tokens_before = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -82,3 +91,22 @@ class Message(models.Model):
     @property
     def in_progress(self) -> bool:
         return self.status in (self.Status.PENDING, self.Status.STREAMING)
+
+
+class Feedback(models.Model):
+    """A user's thumbs up or down on an answer, with an optional comment (for staff, and later
+    for fine-tuning). One per user and answer; sending again replaces it."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="feedback")
+    rating = models.SmallIntegerField(choices=[(1, "Good"), (-1, "Bad")])
+    comment = models.TextField(blank=True, default="", max_length=2000)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["message", "user"], name="one_feedback_per_user_and_message")]
+        ordering = ["-updated_at"]
+
+    def __str__(self) -> str:
+        return f"{'+1' if self.rating > 0 else '-1'} on message {self.message_id} by {self.user}"

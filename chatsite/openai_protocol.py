@@ -172,6 +172,8 @@ def _messages(raw, max_input_chars: int, max_messages: int, max_total_chars: int
                                 "your plan's limit for one call.", param="messages")
         role = "system" if message["role"] == "developer" else message["role"]
         messages.append({"role": role, "content": content})
+    if not any(message["content"].strip() for message in messages):
+        raise ApiError(400, "The messages have no text for the model to answer.", param="messages")
     return messages
 
 

@@ -1,8 +1,9 @@
 """The /ws/chat/ JSON protocol: parse what clients send, shape what the server sends.
 
-Client → server: {"type": "send", "conversation": <id or null>, "content": "..."}
-                 {"type": "stop"}
-Server → client: message.created, token, done, error (docs/protocol.md).
+Client → server: send, edit, regenerate, continue (each starts a reply), stop, watch (follow a
+conversation and resume its reply in progress from an offset).
+Server → client: model, message.created, token, done, error, conversation.updated.
+Every frame and code: docs/protocol.md.
 """
 from __future__ import annotations
 
@@ -28,11 +29,49 @@ class SendFrame:
 
 
 @dataclass(frozen=True)
+class EditFrame:
+    """A new version of the user's message `message_id`."""
+
+    message_id: int
+    content: str
+
+
+@dataclass(frozen=True)
+class RegenerateFrame:
+    """Another answer in place of the answer `message_id`."""
+
+    message_id: int
+
+
+@dataclass(frozen=True)
+class ContinueFrame:
+    """More of the answer `message_id`, cut at its length limit."""
+
+    message_id: int
+
+
+@dataclass(frozen=True)
 class StopFrame:
-    """Stop the reply this socket is waiting for."""
+    """Stop the reply `message_id` (None: the one this socket follows)."""
+
+    message_id: int | None = None
 
 
-def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame | StopFrame:
+@dataclass(frozen=True)
+class WatchFrame:
+    """Follow a conversation: its new messages (from other tabs) and, when `message_id` is a
+    reply in progress, that reply from character `offset` on (what the page already has)."""
+
+    conversation_id: int
+    message_id: int | None = None
+    offset: int = 0
+
+
+ClientFrame = SendFrame | EditFrame | RegenerateFrame | ContinueFrame | StopFrame | WatchFrame
+KINDS = ("send", "edit", "regenerate", "continue", "stop", "watch")
+
+
+def parse_client_frame(text: str | None, *, max_content_chars: int) -> ClientFrame:
     """Validate one client frame; raise ProtocolError saying what is wrong."""
     if text is None:
         raise ProtocolError("bad_frame", "Frames must be JSON text, not binary.")
@@ -43,13 +82,41 @@ def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame
     if not isinstance(frame, dict):
         raise ProtocolError("bad_frame", "A frame must be a JSON object with a \"type\".")
     kind = frame.get("type")
+    if kind not in KINDS:
+        expected = ", ".join(f'"{name}"' for name in KINDS)
+        raise ProtocolError("unknown_type", f"Unknown frame type {kind!r}; expected one of {expected}.")
+    if kind == "send":
+        conversation_id = _id(frame, "conversation", required=False)
+        return SendFrame(conversation_id=conversation_id, content=_content(frame, max_content_chars))
+    if kind == "edit":
+        return EditFrame(message_id=_id(frame, "message"), content=_content(frame, max_content_chars))
+    if kind == "regenerate":
+        return RegenerateFrame(message_id=_id(frame, "message"))
+    if kind == "continue":
+        return ContinueFrame(message_id=_id(frame, "message"))
     if kind == "stop":
-        return StopFrame()
-    if kind != "send":
-        raise ProtocolError("unknown_type", f"Unknown frame type {kind!r}; expected \"send\" or \"stop\".")
-    conversation_id = frame.get("conversation")
-    if conversation_id is not None and (not isinstance(conversation_id, int) or isinstance(conversation_id, bool)):
-        raise ProtocolError("bad_frame", "\"conversation\" must be a conversation id or null.")
+        return StopFrame(message_id=_id(frame, "message", required=False))
+    offset = frame.get("offset", 0)
+    if not _is_int(offset) or offset < 0:
+        raise ProtocolError("bad_frame", "\"offset\" must be a whole number of characters, at least 0.")
+    return WatchFrame(conversation_id=_id(frame, "conversation"), message_id=_id(frame, "message", required=False),
+                      offset=offset)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _id(frame: dict, name: str, *, required: bool = True) -> int | None:
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if not _is_int(value) or not 0 < value < 2**63:
+        raise ProtocolError("bad_frame", f"\"{name}\" must be an id{'' if required else ' or null'}.")
+    return value
+
+
+def _content(frame: dict, max_content_chars: int) -> str:
     content = frame.get("content")
     if not isinstance(content, str):
         raise ProtocolError("empty_content", "\"content\" is missing; send the message text.")
@@ -62,7 +129,7 @@ def parse_client_frame(text: str | None, *, max_content_chars: int) -> SendFrame
         raise ProtocolError(
             "too_long", f"The message has {len(content):,} characters; your plan allows {max_content_chars:,}."
         )
-    return SendFrame(conversation_id=conversation_id, content=content)
+    return content
 
 
 class MessageOut(TypedDict):
@@ -82,19 +149,31 @@ class QuotaOut(TypedDict):
     resets_at: str | None  # ISO time the oldest counted message leaves the window
 
 
-class MessageCreatedFrame(TypedDict):
+class MessageCreatedFrame(TypedDict, total=False):
     type: Literal["message.created"]
     conversation: dict
     user_message: MessageOut
     message: MessageOut
-    quota: QuotaOut
+    branch: list[dict]  # the whole shown branch, alternatives included (selectors.branch_out)
+    quota: QuotaOut  # to the socket that sent it only: the sender's window
+
+
+class ModelFrame(TypedDict):
+    type: Literal["model"]
+    state: Literal["loading", "ready"]
+
+
+class ConversationUpdatedFrame(TypedDict):
+    type: Literal["conversation.updated"]
+    conversation: int
+    title: str
 
 
 class TokenFrame(TypedDict):
     type: Literal["token"]
     message: int
     text: str
-    index: int
+    index: int | None  # the first token's position; None on the text a resume catches up with
     offset: int  # where `text` begins in the reply's content, in characters
 
 
@@ -126,18 +205,30 @@ def message_out(message) -> MessageOut:
     }
 
 
-def message_created_frame(user_message, assistant_message, quota: QuotaOut) -> MessageCreatedFrame:
+def message_created_frame(user_message, assistant_message, branch: list[dict], quota: QuotaOut | None = None
+                          ) -> MessageCreatedFrame:
     conversation = assistant_message.conversation
-    return {
+    frame: MessageCreatedFrame = {
         "type": "message.created",
         "conversation": {"id": conversation.id, "title": conversation.title},
         "user_message": message_out(user_message),
         "message": message_out(assistant_message),
-        "quota": quota,
+        "branch": branch,
     }
+    if quota is not None:
+        frame["quota"] = quota
+    return frame
 
 
-def token_frame(message_id: int, *, text: str, index: int, offset: int) -> TokenFrame:
+def model_frame(*, ready: bool) -> ModelFrame:
+    return {"type": "model", "state": "ready" if ready else "loading"}
+
+
+def conversation_updated_frame(conversation_id: int, title: str) -> ConversationUpdatedFrame:
+    return {"type": "conversation.updated", "conversation": conversation_id, "title": title}
+
+
+def token_frame(message_id: int, *, text: str, index: int | None, offset: int) -> TokenFrame:
     return {"type": "token", "message": message_id, "text": text, "index": index, "offset": offset}
 
 

@@ -1,4 +1,5 @@
-"""Workers → sockets: typed messages on the channel-layer group `gen.<message_id>`.
+"""Workers → sockets: typed messages on the channel-layer groups `gen.<message_id>` (a reply's
+frames) and `user.<user_id>` (news about a user's conversations).
 
 All sends go through one asyncio loop per process, in the order they were published, without
 the caller waiting. In the embedded mode that loop is the server's own, because
@@ -44,11 +45,22 @@ class ErrorPayload(TypedDict):
     error: str
 
 
-Payload = TokenPayload | DonePayload | ErrorPayload
+class ConversationPayload(TypedDict):
+    type: Literal["conversation.updated"]
+    conversation: int
+    title: str
+
+
+Payload = TokenPayload | DonePayload | ErrorPayload | ConversationPayload
 
 
 def generation_group(message_id: int) -> str:
     return f"gen.{message_id}"
+
+
+def user_group(user_id: int) -> str:
+    """Every socket of one user: news about their conversations (a title, a rename)."""
+    return f"user.{user_id}"
 
 
 _loop: asyncio.AbstractEventLoop | None = None
@@ -73,22 +85,22 @@ def _publishing_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def publish(message_id: int, payload: Payload) -> None:
-    """Send `payload` to everyone watching `message_id`, after everything published before it
+def publish(group: str, payload: Payload) -> None:
+    """Send `payload` to everyone in `group`, after everything published before it
     in this process. Returns at once: the payload is queued, and the publishing loop sends the
     queue in order. Waiting for each send would cost the calling thread a wake-up per frame,
     and 32 replies' threads waking that way take the CPU from the model (docs/benchmarks.md)."""
     global _flushing_on
     loop = _publishing_loop()
     with _pending_lock:
-        _pending.append((message_id, dict(payload)))
+        _pending.append((group, dict(payload)))
         start = _flushing_on is not loop
         _flushing_on = loop
     if start:
         loop.call_soon_threadsafe(loop.create_task, _flush())
 
 
-_pending: list[tuple[int, dict]] = []
+_pending: list[tuple[str, dict]] = []
 _pending_lock = threading.Lock()
 _flushing_on: asyncio.AbstractEventLoop | None = None  # the loop whose _flush is running or due
 
@@ -106,26 +118,31 @@ async def _flush() -> None:
                 return
             batch = _pending[:]
             _pending.clear()
-        for message_id, payload in batch:
+        for group, payload in batch:
             if payload["type"] == "gen.token" and time.monotonic() < down_until:
                 continue
             try:
-                await asyncio.wait_for(layer.group_send(generation_group(message_id), payload), SEND_TIMEOUT_S)
+                await asyncio.wait_for(layer.group_send(group, payload), SEND_TIMEOUT_S)
             except Exception as error:  # the layer is down or full: this frame is lost, the database keeps the text
-                logger.warning("could not publish %s for message %s: %r", payload["type"], message_id, error)
+                logger.warning("could not publish %s to %s: %r", payload["type"], group, error)
                 down_until = time.monotonic() + OUTAGE_BACKOFF_S
 
 
 def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:
-    publish(message_id, TokenPayload(type="gen.token", text=text, index=index, offset=offset))
+    publish(generation_group(message_id), TokenPayload(type="gen.token", text=text, index=index, offset=offset))
 
 
 def publish_done(message_id: int, *, status: str, finish_reason: str, content: str, usage: dict) -> None:
     publish(
-        message_id,
+        generation_group(message_id),
         DonePayload(type="gen.done", status=status, finish_reason=finish_reason, content=content, usage=usage),
     )
 
 
 def publish_error(message_id: int, *, error: str) -> None:
-    publish(message_id, ErrorPayload(type="gen.error", error=error))
+    publish(generation_group(message_id), ErrorPayload(type="gen.error", error=error))
+
+
+def publish_conversation(user_id: int, *, conversation_id: int, title: str) -> None:
+    """Tell every socket of `user_id` that a conversation's title changed."""
+    publish(user_group(user_id), ConversationPayload(type="conversation.updated", conversation=conversation_id, title=title))

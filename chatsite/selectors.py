@@ -4,21 +4,35 @@ from __future__ import annotations
 import logging
 
 from django.core.cache import cache
+from django.db.models import Exists, OuterRef, Q
 
-from chatsite.models import Conversation, Message
+from chatsite.models import Conversation, Feedback, Message
 
 logger = logging.getLogger(__name__)
 
 
 def conversation_get(*, user, conversation_id: int) -> Conversation:
     """The user's conversation; raises Conversation.DoesNotExist for anyone else's."""
-    return Conversation.objects.get(id=conversation_id, owner=user)
+    return Conversation.objects.get(id=conversation_id, owner=user, source=Conversation.Source.CHAT)
 
 
-def conversation_list(*, user, limit: int = 100) -> list[Conversation]:
-    return list(
-        Conversation.objects.filter(owner=user, source=Conversation.Source.CHAT).order_by("-updated_at")[:limit]
-    )
+PAGE_SIZE = 50
+
+
+def conversation_list(
+    *, user, limit: int = PAGE_SIZE, before: tuple | None = None, query: str = ""
+) -> list[Conversation]:
+    """The user's chat conversations, most recently active first; `before` (an updated_at and
+    an id, from the last of the previous page) pages on; `query` keeps those whose title or
+    any message contains it."""
+    conversations = Conversation.objects.filter(owner=user, source=Conversation.Source.CHAT)
+    if query:
+        matching = Message.objects.filter(conversation=OuterRef("pk"), content__icontains=query)
+        conversations = conversations.filter(Q(title__icontains=query) | Exists(matching))
+    if before is not None:
+        updated_at, conversation_id = before
+        conversations = conversations.filter(Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, id__lt=conversation_id))
+    return list(conversations.order_by("-updated_at", "-id")[:limit])
 
 
 def conversation_branch(*, conversation: Conversation, leaf_id: int | None = None) -> list[Message]:
@@ -58,3 +72,30 @@ def replies_ended(*, message_ids) -> list[Message]:
             status__in=[Message.Status.PENDING, Message.Status.STREAMING]
         )
     )
+
+
+def branch_out(*, conversation: Conversation) -> list[dict]:
+    """The shown branch as the page draws it: each message with its alternatives (the
+    messages with the same parent, oldest first) and where it stands among them."""
+    messages = list(conversation.messages.all())
+    by_id = {message.id: message for message in messages}
+    siblings: dict[int | None, list[int]] = {}
+    for message in messages:
+        siblings.setdefault(message.parent_id, []).append(message.id)
+    branch = []
+    message = by_id.get(conversation.current_id)
+    while message is not None:
+        branch.append(message)
+        message = by_id.get(message.parent_id)
+    branch.reverse()
+    ratings = dict(
+        Feedback.objects.filter(user_id=conversation.owner_id, message__in=branch).values_list("message_id", "rating")
+    )
+    return [
+        {
+            "id": message.id, "role": message.role, "content": message.content, "status": message.status,
+            "parent": message.parent_id, "finish_reason": message.finish_reason, "error": message.error,
+            "siblings": sorted(siblings[message.parent_id]), "rating": ratings.get(message.id, 0),
+        }
+        for message in branch
+    ]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from django.core.cache import cache
 from django.db import transaction
@@ -11,7 +12,7 @@ from billing.plans import Plan, plan_get
 from billing.quota import QuotaStatus, quota_consume, quota_refund
 from chatsite.celery import app as celery_app
 from chatsite.leases import pending_lease_expiry
-from chatsite.models import Conversation, Message
+from chatsite.models import Conversation, Feedback, Message
 from chatsite.selectors import stop_key
 
 TITLE_CHARS = 60
@@ -19,29 +20,173 @@ GENERATE_REPLY_TASK = "chatsite.tasks.generate_reply"  # sent by name: web proce
 STOP_KEY_TTL_S = 3600
 
 
+@dataclass(frozen=True)
+class Turn:
+    """What a send, an edit, a regeneration or a continuation did: the question and the pending
+    reply, the quota after counting it, and what `turn_withdraw` needs to undo it."""
+
+    question: Message
+    reply: Message
+    quota: QuotaStatus
+    created: tuple[int, ...]  # ids of the messages it created
+    previous_current_id: int | None  # the conversation's shown message before it
+    new_conversation: bool = False
+    continued: bool = False  # `reply` existed, done at its length limit
+
+    def __iter__(self):
+        """Unpacks as (question, reply, quota)."""
+        return iter((self.question, self.reply, self.quota))
+
+
 @transaction.atomic
-def message_send(
-    *, user, plan: Plan, conversation_id: int | None, content: str
-) -> tuple[Message, Message, QuotaStatus]:
+def message_send(*, user, plan: Plan, conversation_id: int | None, content: str) -> Turn:
     """Count the message against the user's quota, then save it and a pending assistant reply
     after the conversation's current message (a new conversation when `conversation_id` is
     None). Raises QuotaExceeded, or Conversation.DoesNotExist for a conversation the user does
     not own, having saved nothing. Queue the reply with `reply_send`."""
-    quota = quota_consume(user=user, plan=plan)
     if conversation_id is None:
         conversation = Conversation.objects.create(owner=user, title=_title_from(content))
     else:
-        conversation = Conversation.objects.select_for_update().get(id=conversation_id, owner=user)
-    user_message = Message.objects.create(
+        conversation = _conversation_to_extend(user=user, conversation_id=conversation_id)
+    previous = conversation.current_id
+    quota = quota_consume(user=user, plan=plan)
+    question = Message.objects.create(
         conversation=conversation, parent_id=conversation.current_id, role=Message.Role.USER, content=content
     )
+    reply = _reply_create(conversation=conversation, parent=question, plan=plan)
+    return Turn(question, reply, quota, (question.id, reply.id), previous, new_conversation=conversation_id is None)
+
+
+@transaction.atomic
+def message_edit(*, user, plan: Plan, message_id: int, content: str) -> Turn:
+    """A new version of the user's message `message_id`: a sibling of it (the old one stays, as
+    an alternative) with a pending reply, shown from now on. Counts as a message."""
+    original = _own_message(user=user, message_id=message_id, role=Message.Role.USER)
+    conversation = _conversation_to_extend(user=user, conversation_id=original.conversation_id)
+    previous = conversation.current_id
+    quota = quota_consume(user=user, plan=plan)
+    question = Message.objects.create(
+        conversation=conversation, parent_id=original.parent_id, role=Message.Role.USER, content=content
+    )
+    reply = _reply_create(conversation=conversation, parent=question, plan=plan)
+    return Turn(question, reply, quota, (question.id, reply.id), previous)
+
+
+@transaction.atomic
+def reply_regenerate(*, user, plan: Plan, message_id: int) -> Turn:
+    """Another answer to the question of the answer `message_id`, its sibling, shown from now
+    on. Counts as a message."""
+    original = _own_message(user=user, message_id=message_id, role=Message.Role.ASSISTANT)
+    conversation = _conversation_to_extend(user=user, conversation_id=original.conversation_id)
+    previous = conversation.current_id
+    quota = quota_consume(user=user, plan=plan)
+    question = Message.objects.get(id=original.parent_id)
+    reply = _reply_create(conversation=conversation, parent=question, plan=plan)
+    return Turn(question, reply, quota, (reply.id,), previous)
+
+
+@transaction.atomic
+def reply_continue(*, user, plan: Plan, message_id: int) -> Turn:
+    """Let the answer `message_id`, cut at the plan's cap, go on for another cap's worth of
+    tokens from where it stopped. Counts as a message."""
+    reply = _own_message(user=user, message_id=message_id, role=Message.Role.ASSISTANT)
+    if reply.status != Message.Status.DONE or reply.finish_reason != "length":
+        raise CannotContinue("Only an answer that was cut off at its length limit can be continued.")
+    conversation = _conversation_to_extend(user=user, conversation_id=reply.conversation_id)
+    previous = conversation.current_id
+    quota = quota_consume(user=user, plan=plan)
+    Message.objects.filter(id=reply.id).update(
+        status=Message.Status.PENDING, finish_reason="", tokens_before=reply.completion_tokens, plan=plan.code,
+        lease_expires_at=pending_lease_expiry(), updated_at=timezone.now(),
+    )
+    conversation.current_id = _latest_leaf(reply).id
+    conversation.save(update_fields=["current", "updated_at"])
+    reply.refresh_from_db()
+    return Turn(Message.objects.get(id=reply.parent_id), reply, quota, (), previous, continued=True)
+
+
+def conversation_show_branch(*, user, conversation_id: int, message_id: int) -> Conversation:
+    """Show the branch through `message_id` (an alternative picked with ‹ ›): it continues to
+    that message's latest descendant. New messages continue it."""
+    conversation = Conversation.objects.get(id=conversation_id, owner=user, source=Conversation.Source.CHAT)
+    message = conversation.messages.get(id=message_id)
+    conversation.current_id = _latest_leaf(message).id
+    conversation.save(update_fields=["current"])  # not updated_at: looking is not a change
+    return conversation
+
+
+def conversation_rename(*, user, conversation_id: int, title: str) -> Conversation:
+    title = " ".join(title.split())[:200]
+    if not title:
+        raise ValueError("A title cannot be empty.")
+    conversation = Conversation.objects.get(id=conversation_id, owner=user, source=Conversation.Source.CHAT)
+    conversation.title = title
+    conversation.title_source = Conversation.TitleSource.USER
+    conversation.save(update_fields=["title", "title_source"])
+    return conversation
+
+
+def conversation_delete(*, user, conversation_id: int) -> None:
+    """Delete the conversation and its messages (usage records stay: they are billing's)."""
+    conversation = Conversation.objects.get(id=conversation_id, owner=user, source=Conversation.Source.CHAT)
+    if conversation.messages.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING]).exists():
+        raise ConversationBusy("An answer is still being written in this conversation. Stop it first.")
+    conversation.delete()
+
+
+def feedback_give(*, user, message_id: int, rating: int, comment: str = "") -> Feedback | None:
+    """Thumbs up (1) or down (-1) on an answer, with an optional comment; 0 takes it back."""
+    message = _own_message(user=user, message_id=message_id, role=Message.Role.ASSISTANT)
+    if rating == 0:
+        Feedback.objects.filter(message=message, user=user).delete()
+        return None
+    if rating not in (1, -1):
+        raise ValueError("A rating is 1 or -1.")
+    feedback, _ = Feedback.objects.update_or_create(
+        message=message, user=user, defaults={"rating": rating, "comment": comment.strip()[:2000]}
+    )
+    return feedback
+
+
+class ConversationBusy(Exception):
+    """An answer is being written in the conversation: a new one would branch off mid-answer."""
+
+
+class CannotContinue(Exception):
+    pass
+
+
+def _own_message(*, user, message_id: int, role: str) -> Message:
+    return Message.objects.get(id=message_id, role=role, conversation__owner=user,
+                               conversation__source=Conversation.Source.CHAT)
+
+
+def _conversation_to_extend(*, user, conversation_id: int) -> Conversation:
+    """The user's conversation, locked, or ConversationBusy while one of its answers is being
+    written (two tabs sending at once must not both branch off the same message)."""
+    conversation = Conversation.objects.select_for_update().get(
+        id=conversation_id, owner=user, source=Conversation.Source.CHAT
+    )
+    if conversation.messages.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING]).exists():
+        raise ConversationBusy("An answer is still being written in this conversation. Wait for it, or stop it.")
+    return conversation
+
+
+def _reply_create(*, conversation: Conversation, parent: Message, plan: Plan) -> Message:
     reply = Message.objects.create(
-        conversation=conversation, parent=user_message, role=Message.Role.ASSISTANT,
+        conversation=conversation, parent=parent, role=Message.Role.ASSISTANT,
         status=Message.Status.PENDING, plan=plan.code, lease_expires_at=pending_lease_expiry(),
     )
     conversation.current = reply
     conversation.save(update_fields=["current", "updated_at"])
-    return user_message, reply, quota
+    return reply
+
+
+def _latest_leaf(message: Message) -> Message:
+    """Follow the newest child down to a message without children."""
+    while (child := message.children.order_by("-id").first()) is not None:
+        message = child
+    return message
 
 
 @transaction.atomic
@@ -88,18 +233,22 @@ UNAVAILABLE = "The service is temporarily unavailable; nothing was sent or charg
 
 
 @transaction.atomic
-def message_send_withdraw(*, user_message: Message, reply: Message, quota: QuotaStatus) -> None:
-    """Undo `message_send` when its reply could not be queued: delete both messages (and the
-    conversation if they were all it had), put the conversation back on the message before,
-    and give the quota use back."""
-    conversation = Conversation.objects.select_for_update().get(id=reply.conversation_id)
-    Message.objects.filter(id__in=[reply.id, user_message.id]).delete()
-    if not conversation.messages.exists():
+def turn_withdraw(*, turn: Turn) -> None:
+    """Undo a turn whose reply could not be queued: delete what it created (the conversation,
+    if it was new), put a continued reply back as it was, show the message shown before, and
+    give the quota use back."""
+    conversation = Conversation.objects.select_for_update().get(id=turn.reply.conversation_id)
+    if turn.new_conversation:
         conversation.delete()
     else:
-        conversation.current_id = user_message.parent_id
-        conversation.save(update_fields=["current", "updated_at"])
-    quota_refund(user=conversation.owner, at=quota.now)
+        Message.objects.filter(id__in=turn.created).delete()
+        if turn.continued:
+            Message.objects.filter(id=turn.reply.id).update(
+                status=Message.Status.DONE, finish_reason="length", tokens_before=0, lease_expires_at=None
+            )
+        conversation.current_id = turn.previous_current_id
+        conversation.save(update_fields=["current"])
+    quota_refund(user=conversation.owner, at=turn.quota.now)
 
 
 @transaction.atomic

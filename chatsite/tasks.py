@@ -2,6 +2,7 @@ from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
 from chatsite.generation import reply_generate
+from chatsite.titles import title_generate
 
 
 # A database that refuses a connection for a moment (a full pool, a restart) must not leave
@@ -18,3 +19,9 @@ from chatsite.generation import reply_generate
 def generate_reply(message_id: int) -> None:
     """Generate assistant message `message_id`. Running it twice is harmless (status guard)."""
     reply_generate(message_id=message_id)
+
+
+@shared_task(name="chatsite.tasks.title_conversation", ignore_result=True)
+def title_conversation(conversation_id: int) -> None:
+    """Ask the model for a short title for a conversation's first exchange."""
+    title_generate(conversation_id=conversation_id)

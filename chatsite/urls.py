@@ -5,12 +5,18 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from billing.views import stripe_webhook
-from chatsite import api, views
+from chatsite import api, conversation_views, views
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat", permanent=False)),
     path("chat/", views.chat, name="chat"),
     path("chat/<int:conversation_id>/", views.chat, name="conversation"),
+    path("chat/conversations/", conversation_views.conversations, name="conversations"),
+    path("chat/<int:conversation_id>/rename/", conversation_views.rename, name="conversation-rename"),
+    path("chat/<int:conversation_id>/delete/", conversation_views.delete, name="conversation-delete"),
+    path("chat/<int:conversation_id>/branch/", conversation_views.show_branch, name="conversation-branch"),
+    path("chat/<int:conversation_id>/export.<str:kind>", conversation_views.export, name="conversation-export"),
+    path("chat/messages/<int:message_id>/feedback/", conversation_views.feedback, name="message-feedback"),
     path("accounts/signup/", views.signup, name="signup"),
     path("accounts/login/", views.ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),

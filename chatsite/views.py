@@ -11,10 +11,12 @@ from django.views.decorators.http import require_http_methods
 
 from billing.plans import plan_for_user
 from billing.quota import quota_status
+from billing.stripe_client import billing_enabled
 from chatsite import health, throttle
+from chatsite.conversation_views import conversations_page
 from chatsite.forms import SignupForm
 from chatsite.models import Conversation
-from chatsite.selectors import conversation_branch, conversation_get, conversation_list
+from chatsite.selectors import branch_out, conversation_get
 
 
 @require_http_methods(["GET", "POST"])
@@ -71,19 +73,22 @@ def chat(request: HttpRequest, conversation_id: int | None = None) -> HttpRespon
             conversation = conversation_get(user=request.user, conversation_id=conversation_id)
         except Conversation.DoesNotExist:
             raise Http404("No such conversation") from None
-        branch = conversation_branch(conversation=conversation)
+        branch = branch_out(conversation=conversation)
     plan = plan_for_user(request.user)
-    return render(
-        request,
-        "chat/chat.html",
-        {
-            "conversation": conversation,
-            "branch": branch,
-            "conversations": conversation_list(user=request.user),
-            "plan": plan,
-            "quota": quota_status(user=request.user, plan=plan),
-        },
-    )
+    quota = quota_status(user=request.user, plan=plan)
+    page = {
+        "conversation": {"id": conversation.id, "title": conversation.title} if conversation else None,
+        "branch": branch,
+        "conversations": conversations_page(user=request.user),
+        "plan": {"code": plan.code, "name": plan.name, "max_input_chars": plan.max_input_chars,
+                 "max_output_tokens": plan.max_output_tokens},
+        "quota": quota.as_dict(),
+        "billing_enabled": billing_enabled(),
+    }
+    return render(request, "chat/chat.html", {
+        "conversation": conversation, "branch": branch, "plan": plan, "quota": quota, "page": page,
+        "billing_enabled": billing_enabled(),
+    })
 
 
 async def healthz(request: HttpRequest) -> JsonResponse:

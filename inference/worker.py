@@ -18,6 +18,11 @@ def engine_get(config: EngineConfig) -> Engine:
         return _engine
 
 
+def engine_ready() -> bool:
+    """Whether this process's engine has loaded (without waiting for it)."""
+    return _engine is not None
+
+
 def engine_set(engine: Engine | None) -> None:
     """Install an already-built engine (tests use a tiny model this way)."""
     global _engine

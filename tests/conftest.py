@@ -35,6 +35,9 @@ def _worker_uses_tiny_model(tiny_model_dir, django_settings_session):
     # The embedded worker's lease sweeper would send other tests' lapsed replies to the queue
     # in the background; tests of the sweeper run it themselves (tests/chatsite/test_leases.py).
     django_settings_session.CHAT_LEASE_SWEEP_S = 3600
+    # Titles written by the model arrive on every socket of the user after the first answer;
+    # tests of other frames would meet them (tests/chatsite/test_titles.py turns them on).
+    django_settings_session.CHAT_MODEL_TITLES = False
     yield
     from inference.worker import engine_shutdown
 

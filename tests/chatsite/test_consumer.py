@@ -25,25 +25,34 @@ async def open_socket(user=None, origin=b"http://127.0.0.1"):
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected
+    if user is not None:  # a logged-in socket is told first whether the model is ready
+        assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "model"
     return communicator
+
+
+async def receive(communicator):
+    """The next frame, past news of the model becoming ready (it may come at any time)."""
+    while (frame := await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "model":
+        pass
+    return frame
 
 
 async def send(communicator, frame):
     await communicator.send_json_to(frame)
-    return await communicator.receive_json_from(timeout=TIMEOUT)
+    return await receive(communicator)
 
 
 async def until_end(communicator):
     """Frames up to and including `done` or `error`."""
     frames = []
     while not frames or frames[-1]["type"] not in ("done", "error"):
-        frames.append(await communicator.receive_json_from(timeout=TIMEOUT))
+        frames.append(await receive(communicator))
     return frames
 
 
 async def test_an_anonymous_socket_gets_an_error_and_is_closed():
     communicator = await open_socket()
-    frame = await communicator.receive_json_from(timeout=TIMEOUT)
+    frame = await receive(communicator)
     assert frame == {"type": "error", "code": "not_authenticated", "error": "Log in to chat."}
     assert (await communicator.receive_output(timeout=TIMEOUT))["code"] == 4401
 
@@ -74,7 +83,7 @@ async def test_a_bad_frame_gets_an_error_keeps_the_socket_open_and_writes_nothin
     communicator = await open_socket(make_user())
     if isinstance(frame, str):
         await communicator.send_to(text_data=frame)
-        reply = await communicator.receive_json_from(timeout=TIMEOUT)
+        reply = await receive(communicator)
     else:
         reply = await send(communicator, frame)
     assert reply["type"] == "error" and reply["code"] == code and reply["error"]
@@ -128,7 +137,7 @@ async def test_a_second_message_continues_the_conversation(make_user):
 async def test_stop_ends_the_reply_and_keeps_its_partial_text(make_user, slow_engine):
     communicator = await open_socket(make_user())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
-    first_token = await communicator.receive_json_from(timeout=TIMEOUT)
+    first_token = await receive(communicator)
     assert first_token["type"] == "token"
     await communicator.send_json_to({"type": "stop"})
     frames = await until_end(communicator)
@@ -141,30 +150,37 @@ async def test_stop_ends_the_reply_and_keeps_its_partial_text(make_user, slow_en
     await communicator.disconnect()
 
 
-async def test_sending_while_a_reply_is_generating_is_refused(make_user, slow_engine):
-    communicator = await open_socket(make_user())
-    await send(communicator, {"type": "send", "conversation": None, "content": "One"})
-    while (frame := await communicator.receive_json_from(timeout=TIMEOUT))["type"] != "token":
+async def test_sending_in_a_conversation_whose_answer_is_being_written_is_refused(make_user, slow_engine):
+    user = make_user()
+    communicator, other_tab = await open_socket(user), await open_socket(user)
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "One"})
+    while (frame := await receive(communicator))["type"] != "token":
         pass
-    await communicator.send_json_to({"type": "send", "conversation": None, "content": "Two"})
-    while (frame := await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "token":
-        pass
-    assert frame["type"] == "error" and frame["code"] == "busy"
+    for socket_, kind in ((communicator, "send"), (other_tab, "send"), (other_tab, "regenerate")):
+        frame = {"type": kind, "conversation": created["conversation"]["id"], "content": "Two",
+                 "message": created["message"]["id"]}
+        await socket_.send_json_to(frame)
+        while (answer := await receive(socket_))["type"] == "token":
+            pass
+        assert answer["type"] == "error" and answer["code"] == "busy" and "stop it" in answer["error"]
     assert await Message.objects.acount() == 2
-    await communicator.disconnect()
+    await communicator.send_json_to({"type": "stop"})
+    await until_end(communicator)
+    for socket_ in (communicator, other_tab):
+        await socket_.disconnect()
 
 
-async def test_closing_the_socket_stops_the_reply_and_keeps_its_text(make_user, slow_engine):
+async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine):
     communicator = await open_socket(make_user())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
-    assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "token"
+    assert (await receive(communicator))["type"] == "token"
     await communicator.disconnect()
-    for _ in range(100):
+    for _ in range(300):
         reply = await Message.objects.aget(id=created["message"]["id"])
-        if reply.status == "stopped":
+        if not reply.in_progress:
             break
         await asyncio.sleep(0.1)
-    assert reply.status == "stopped" and reply.content and reply.completion_tokens < 200
+    assert reply.status == "done" and reply.finish_reason == "length" and reply.completion_tokens == 512
 
 
 async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make_user, settings):
@@ -189,7 +205,7 @@ async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make
 async def test_a_frame_over_the_limit_is_answered_and_the_socket_closed_with_4009(make_user):
     communicator = await open_socket(make_user())
     await communicator.send_to(text_data='{"type": "send", "content": "' + "x" * (256 * 1024) + '"}')
-    frame = await communicator.receive_json_from(timeout=TIMEOUT)
+    frame = await receive(communicator)
     assert frame["code"] == "too_large" and "256 KiB" in frame["error"]
     assert (await communicator.receive_output(timeout=TIMEOUT))["code"] == 4009
     assert await Message.objects.acount() == 0

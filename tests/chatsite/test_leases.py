@@ -25,7 +25,7 @@ def sent(monkeypatch):
 
 
 def pending_reply(make_user, content="Hello"):
-    return message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content=content)[1]
+    return message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content=content).reply
 
 
 def lapse(reply, seconds=1):

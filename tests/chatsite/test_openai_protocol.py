@@ -64,6 +64,7 @@ def test_content_parts_and_the_developer_role_are_understood():
         ({"messages": [{"role": "user", "content": "hi"}] * 65}, 400, "messages"),
         ({"messages": [{"role": "user", "content": "x" * 100}] * 41}, 400, "messages"),  # 4,100 characters
         ({"seed": 2**64}, 400, None),
+        ({"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": ""}]}, 400, "messages"),
         ({"repetition_penalty": 1e-300}, 400, None),
     ],
 )

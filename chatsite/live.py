@@ -1,0 +1,109 @@
+"""The text of replies being generated, as far as it has streamed, readable by any web process:
+what a page that opens or reconnects mid-answer is sent before the live frames.
+
+The database has the text only as of the last save (every 2 s); the frames sent since would be
+missing. So each piece a worker publishes is also kept here, with its character offset in the
+reply: a list per reply in Redis (the distributed mode), or in this process's memory (the
+embedded mode, where the worker is this process). A reply taken over by another worker starts
+again from its saved text, so a piece's offset may go back: reading applies the pieces in
+order, each cutting the text at its offset.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from functools import cache
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+TTL_S = 3600  # a reply's pieces outlive a worker that died without clearing them
+
+
+def live_reset(message_id: int, content: str) -> None:
+    """A worker starts (or resumes) the reply from `content`."""
+    _best_effort(_store().reset, message_id, content)
+
+
+def live_append(message_id: int, offset: int, text: str) -> None:
+    _best_effort(_store().append, message_id, offset, text)
+
+
+def live_text(message_id: int) -> str:
+    """The reply's text as far as it has streamed ("" once it has ended: read the row then)."""
+    text = ""
+    for offset, piece in _store().pieces(message_id):
+        text = text[:offset] + piece
+    return text
+
+
+def live_clear(message_id: int) -> None:
+    _best_effort(_store().clear, message_id)
+
+
+def _best_effort(write, *args) -> None:
+    """Writes never fail a generation: while Redis is away a resume falls back to the saved text."""
+    try:
+        write(*args)
+    except Exception as error:
+        logger.warning("live text not written for message %s: %r", args[0], error)
+
+
+class _MemoryStore:
+    def __init__(self) -> None:
+        self._pieces: dict[int, list[tuple[int, str]]] = {}
+        self._lock = threading.Lock()
+
+    def reset(self, message_id: int, content: str) -> None:
+        with self._lock:
+            self._pieces[message_id] = [(0, content)] if content else []
+
+    def append(self, message_id: int, offset: int, text: str) -> None:
+        with self._lock:
+            self._pieces.setdefault(message_id, []).append((offset, text))
+
+    def pieces(self, message_id: int) -> list[tuple[int, str]]:
+        with self._lock:
+            return list(self._pieces.get(message_id, ()))
+
+    def clear(self, message_id: int) -> None:
+        with self._lock:
+            self._pieces.pop(message_id, None)
+
+
+class _RedisStore:
+    def __init__(self, url: str) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+
+    @staticmethod
+    def _key(message_id: int) -> str:
+        return f"chatsite:live:{message_id}"
+
+    def reset(self, message_id: int, content: str) -> None:
+        pipeline = self._redis.pipeline()
+        pipeline.delete(self._key(message_id))
+        if content:
+            pipeline.rpush(self._key(message_id), json.dumps([0, content]))
+            pipeline.expire(self._key(message_id), TTL_S)
+        pipeline.execute()
+
+    def append(self, message_id: int, offset: int, text: str) -> None:
+        pipeline = self._redis.pipeline()
+        pipeline.rpush(self._key(message_id), json.dumps([offset, text]))
+        pipeline.expire(self._key(message_id), TTL_S)
+        pipeline.execute()
+
+    def pieces(self, message_id: int) -> list[tuple[int, str]]:
+        return [tuple(json.loads(item)) for item in self._redis.lrange(self._key(message_id), 0, -1)]
+
+    def clear(self, message_id: int) -> None:
+        self._redis.delete(self._key(message_id))
+
+
+@cache
+def _store() -> _MemoryStore | _RedisStore:
+    return _RedisStore(settings.REDIS_URL) if settings.REDIS_URL else _MemoryStore()

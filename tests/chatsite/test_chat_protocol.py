@@ -1,0 +1,153 @@
+"""The socket's frames beyond send and stop: resuming a reply, other tabs, regenerate, edit,
+continue — against the real ASGI app with the embedded worker and the tiny model."""
+import asyncio
+
+import pytest
+
+from chatsite.models import Conversation, Message
+from tests.chatsite.test_consumer import open_socket, receive, send, until_end
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def tokens_until(communicator, count):
+    """The first `count` token frames."""
+    frames = []
+    while len(frames) < count:
+        frame = await receive(communicator)
+        assert frame["type"] == "token", frame
+        frames.append(frame)
+    return frames
+
+
+def assemble(text, frames):
+    """What a page does with token frames: skip what it has, by their offsets."""
+    for frame in frames:
+        if frame["type"] != "token":
+            continue
+        assert frame["offset"] <= len(text), "a gap"
+        text += frame["text"][len(text) - frame["offset"]:]
+    return text
+
+
+async def test_a_reply_resumes_on_a_new_socket_from_the_offset_the_page_has(make_user, slow_engine):
+    user = make_user()
+    first = await open_socket(user)
+    created = await send(first, {"type": "send", "conversation": None, "content": "Tell me a story"})
+    text = assemble("", await tokens_until(first, 5))
+    await first.disconnect()  # a reload, or a dropped connection: the reply goes on
+    await asyncio.sleep(0.3)
+    second = await open_socket(user)
+    await second.send_json_to({"type": "watch", "conversation": created["conversation"]["id"],
+                               "message": created["message"]["id"], "offset": len(text)})
+    frames = await until_end(second)
+    assert frames[-1]["type"] == "done" and frames[-1]["status"] == "done"
+    assert frames[0]["offset"] == len(text)  # the catch-up starts where the page stopped
+    assert assemble(text, frames) == frames[-1]["content"] == (await Message.objects.aget(id=created["message"]["id"])).content
+    await second.disconnect()
+
+
+async def test_watching_a_finished_reply_sends_its_end_at_once(make_user):
+    user = make_user()
+    communicator = await open_socket(user)
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Hi"})
+    done = (await until_end(communicator))[-1]
+    await communicator.send_json_to({"type": "watch", "conversation": created["conversation"]["id"],
+                                     "message": created["message"]["id"], "offset": 3})
+    again = await receive(communicator)
+    assert again["type"] == "done" and again["content"] == done["content"]
+    await communicator.disconnect()
+
+
+async def test_a_second_tab_on_the_conversation_sees_the_new_message_and_its_stream(make_user):
+    user = make_user()
+    tab_a, tab_b = await open_socket(user), await open_socket(user)
+    created = await send(tab_a, {"type": "send", "conversation": None, "content": "First"})
+    await until_end(tab_a)
+    await tab_b.send_json_to({"type": "watch", "conversation": created["conversation"]["id"]})
+    await asyncio.sleep(0.2)
+    second = await send(tab_a, {"type": "send", "conversation": created["conversation"]["id"], "content": "Second"})
+    seen = await receive(tab_b)
+    assert seen["type"] == "message.created" and seen["message"]["id"] == second["message"]["id"]
+    assert "quota" not in seen  # the sender's window is for the sender's tab
+    frames_b, frames_a = await until_end(tab_b), await until_end(tab_a)
+    assert assemble("", frames_b) == assemble("", frames_a) == frames_b[-1]["content"]
+    for tab in (tab_a, tab_b):
+        await tab.disconnect()
+
+
+async def test_stop_from_another_tab_ends_the_reply_for_both(make_user, slow_engine):
+    user = make_user()
+    tab_a, tab_b = await open_socket(user), await open_socket(user)
+    created = await send(tab_a, {"type": "send", "conversation": None, "content": "Long"})
+    await tokens_until(tab_a, 2)
+    await tab_b.send_json_to({"type": "watch", "conversation": created["conversation"]["id"],
+                              "message": created["message"]["id"], "offset": 0})
+    await tab_b.send_json_to({"type": "stop", "message": created["message"]["id"]})
+    for tab in (tab_a, tab_b):
+        assert (await until_end(tab))[-1]["status"] == "stopped"
+        await tab.disconnect()
+
+
+async def test_regenerate_writes_a_sibling_answer_shown_from_then_on(make_user):
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Hello"})
+    first = (await until_end(communicator))[-1]
+    again = await send(communicator, {"type": "regenerate", "message": created["message"]["id"]})
+    assert again["type"] == "message.created" and again["user_message"]["id"] == created["user_message"]["id"]
+    assert again["message"]["parent"] == created["user_message"]["id"]
+    answer = again["branch"][-1]
+    assert answer["id"] == again["message"]["id"] and answer["siblings"] == [created["message"]["id"], answer["id"]]
+    second = (await until_end(communicator))[-1]
+    assert second["status"] == "done"
+    original = await Message.objects.aget(id=created["message"]["id"])
+    assert original.content == first["content"]  # kept as an alternative
+    reply = await Message.objects.aget(id=again["message"]["id"])
+    assert reply.prompt_tokens == original.prompt_tokens  # the model saw the same branch, not the old answer
+    conversation = await Conversation.objects.aget(id=created["conversation"]["id"])
+    assert conversation.current_id == reply.id
+    await communicator.disconnect()
+
+
+async def test_edit_resends_a_new_version_of_a_message_beside_the_old_one(make_user):
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Helo"})
+    await until_end(communicator)
+    edited = await send(communicator, {"type": "edit", "message": created["user_message"]["id"], "content": "Hello"})
+    assert edited["user_message"]["content"] == "Hello"
+    assert edited["user_message"]["parent"] is None and edited["message"]["parent"] == edited["user_message"]["id"]
+    question = edited["branch"][0]
+    assert question["siblings"] == [created["user_message"]["id"], edited["user_message"]["id"]]
+    assert [m["id"] for m in edited["branch"]] == [edited["user_message"]["id"], edited["message"]["id"]]
+    await until_end(communicator)
+    await communicator.disconnect()
+
+
+async def test_continue_extends_an_answer_cut_at_the_cap(make_user, settings):
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "max_output_tokens": 8}}
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Count to a hundred"})
+    cut = (await until_end(communicator))[-1]
+    assert cut["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 8
+    more = await send(communicator, {"type": "continue", "message": created["message"]["id"]})
+    assert more["type"] == "message.created" and more["message"]["id"] == created["message"]["id"]
+    frames = await until_end(communicator)
+    done = frames[-1]
+    assert done["content"].startswith(cut["content"]) and len(done["content"]) > len(cut["content"])
+    assert assemble(cut["content"], frames) == done["content"]
+    reply = await Message.objects.aget(id=created["message"]["id"])
+    assert reply.completion_tokens == 16 and reply.finish_reason == "length"  # another cap's worth
+    refused = await send(communicator, {"type": "continue", "message": created["user_message"]["id"]})
+    assert refused["code"] == "not_found"
+    await communicator.disconnect()
+
+
+async def test_only_an_answer_cut_at_its_length_can_be_continued(make_user, slow_engine):
+    communicator = await open_socket(make_user())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Hi"})
+    await tokens_until(communicator, 1)
+    await communicator.send_json_to({"type": "stop"})
+    await until_end(communicator)
+    refused = await send(communicator, {"type": "continue", "message": created["message"]["id"]})
+    assert refused["code"] == "cannot_continue"
+    await communicator.disconnect()
