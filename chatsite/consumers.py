@@ -68,6 +68,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.following: int | None = None  # the reply whose frames this socket forwards
         self.watching: int | None = None  # the conversation whose new messages it is told of
         self.closed = False
+        self._tasks: set[asyncio.Task] = set()
         self._last_frame_at = time.monotonic()
         await self.accept()
         if not self.user.is_authenticated:
@@ -75,10 +76,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_AUTHENTICATED)
             return
         embedded_worker_ensure()
-        await self._join(user_group(self.user.id))
+        try:
+            await self._join(user_group(self.user.id))
+        except Exception as error:  # the socket still serves; sends say "unavailable" until Redis is back
+            logger.warning("could not join the user's group: %r", error)
         await self._send_json(model_frame(ready=self._model_ready()))
         if not self._model_ready():
-            asyncio.get_running_loop().create_task(self._tell_when_the_model_is_ready())
+            self._background(self._tell_when_the_model_is_ready())
 
     async def disconnect(self, code: int) -> None:
         # Nothing stops with the socket: the reply is written on, and saved.
@@ -163,7 +167,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         await self._follow(frame.message_id)
         reply = await database_sync_to_async(Message.objects.get)(id=frame.message_id, conversation=conversation)
-        if not reply.in_progress:
+        if not reply.in_progress:  # it ended while the page was away: the rest of its text, then its end
+            if len(reply.content) > frame.offset:
+                await self._send_json(token_frame(reply.id, text=reply.content[frame.offset:], index=None,
+                                                  offset=frame.offset))
             await self._end_following(self._end_frame_of(reply))
             return
         # The text as far as it has streamed: the live pieces, or the last save if those are
@@ -237,7 +244,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.following = message_id
         self._last_frame_at = time.monotonic()
         await self.channel_layer.group_add(generation_group(message_id), self.channel_name)
-        asyncio.get_running_loop().create_task(self._watch_for_a_lost_end(message_id))
+        self._background(self._watch_for_a_lost_end(message_id))
 
     async def _unfollow(self) -> None:
         if self.following is not None:
@@ -290,6 +297,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if self.closed:
                 return
         await self._send_json(model_frame(ready=True))
+
+    def _background(self, coroutine) -> None:
+        """Run `coroutine` beside the socket's handlers, holding on to it (the loop keeps only
+        weak references to tasks)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _join(self, group: str) -> None:
         await self.channel_layer.group_add(group, self.channel_name)

@@ -91,6 +91,7 @@ function handle(frame) {
       break;
     }
     case "token":
+      $("model-banner").hidden = true;  // something answers, whatever the last "model" frame said
       if (following && frame.message === following.id) {
         if (following.apply(frame) === "gap") watch();  // a frame was missed: catch up from what we have
         else messages.update(following.id, following.text);
@@ -150,3 +151,4 @@ socket.connect();
 // the saved text (the browser tests read it; it should stay 0).
 const assembly = {checked: 0, mismatches: 0};
 window.chatsiteAssembly = assembly;
+document.body.dataset.ready = "true";  // the page's handlers are in place

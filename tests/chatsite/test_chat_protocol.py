@@ -54,6 +54,8 @@ async def test_watching_a_finished_reply_sends_its_end_at_once(make_user):
     done = (await until_end(communicator))[-1]
     await communicator.send_json_to({"type": "watch", "conversation": created["conversation"]["id"],
                                      "message": created["message"]["id"], "offset": 3})
+    rest = await receive(communicator)
+    assert rest["type"] == "token" and rest["offset"] == 3 and rest["text"] == done["content"][3:]
     again = await receive(communicator)
     assert again["type"] == "done" and again["content"] == done["content"]
     await communicator.disconnect()

@@ -36,6 +36,7 @@ def start_embedded_server(data_dir, **env_overrides) -> Daphne:
     manage(env, "migrate", "--noinput")
     server = Daphne(env, data_dir)
     server.database = data_dir / "db.sqlite3"
+    server.env = env
     return server
 
 

@@ -167,6 +167,19 @@ def get_page(base_url: str, path: str, cookie: str) -> str:
     return urllib.request.urlopen(request).read().decode()
 
 
+# Frames about the page rather than the reply in hand: whether the model has loaded, and
+# titles the model writes for conversations.
+PAGE_FRAMES = ("model", "conversation.updated")
+
+
+async def receive_frame(socket_, timeout: float) -> dict:
+    """The next frame about replies, skipping the page's own frames."""
+    while True:
+        frame = json.loads(await asyncio.wait_for(socket_.recv(), timeout))
+        if frame["type"] not in PAGE_FRAMES:
+            return frame
+
+
 def chat(base_url: str, cookie: str, content: str, *, stop_after_first_token: bool = False, timeout: float = 60):
     """Send one message over /ws/chat/; return every frame up to `done` or `error`."""
     import websockets
@@ -179,7 +192,7 @@ def chat(base_url: str, cookie: str, content: str, *, stop_after_first_token: bo
         ) as socket_:
             await socket_.send(json.dumps({"type": "send", "conversation": None, "content": content}))
             while not frames or frames[-1]["type"] not in ("done", "error"):
-                frames.append(json.loads(await asyncio.wait_for(socket_.recv(), timeout)))
+                frames.append(await receive_frame(socket_, timeout))
                 if stop_after_first_token and frames[-1]["type"] == "token" and len(frames) == 2:
                     await socket_.send(json.dumps({"type": "stop"}))
         return frames

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manage, require_service, server_env, sign_up
+from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manage, receive_frame, require_service, server_env, sign_up
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.distributed
@@ -250,9 +250,9 @@ def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
         ) as socket_:
             await asyncio.sleep(30)
             await socket_.send(json.dumps({"type": "send", "conversation": None, "content": "still here"}))
-            frames = [json.loads(await asyncio.wait_for(socket_.recv(), 30))]
+            frames = [await receive_frame(socket_, 30)]
             while frames[-1]["type"] not in ("done", "error"):
-                frames.append(json.loads(await asyncio.wait_for(socket_.recv(), 30)))
+                frames.append(await receive_frame(socket_, 30))
             return frames
 
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import start_embedded_server
-from tests.e2e.servers import chat, create_api_key, get_page, sign_up
+from tests.e2e.servers import chat, create_api_key, get_page, receive_frame, sign_up
 
 
 def rows(server, sql, *args):
@@ -48,7 +48,7 @@ def socket_closed_by(base_url, cookie, frame_text):
             await socket_.send(frame_text)
             try:
                 while True:
-                    received.append(json.loads(await asyncio.wait_for(socket_.recv(), 30)))
+                    received.append(await receive_frame(socket_, 30))
             except websockets.ConnectionClosed as closed:
                 return received, closed.rcvd.code if closed.rcvd else None
 

@@ -13,7 +13,7 @@ import redis
 import websockets
 
 from tests.e2e.forwarder import Forwarder
-from tests.e2e.servers import Daphne, celery_worker, create_api_key, manage, require_service, server_env, sign_up
+from tests.e2e.servers import Daphne, celery_worker, create_api_key, manage, receive_frame, require_service, server_env, sign_up
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.distributed
@@ -75,13 +75,13 @@ async def socket_chat(base_url, cookie, content, *, during=None):
         base_url.replace("http://", "ws://") + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": base_url}
     ) as socket_:
         await socket_.send(json.dumps({"type": "send", "conversation": None, "content": content}))
-        frames = [json.loads(await asyncio.wait_for(socket_.recv(), 60))]
+        frames = [await receive_frame(socket_, 60)]
         if frames[0]["type"] == "error":
             return frames
         if during is not None:
             await during()
         while frames[-1]["type"] not in ("done", "error"):
-            frames.append(json.loads(await asyncio.wait_for(socket_.recv(), 60)))
+            frames.append(await receive_frame(socket_, 60))
         return frames
 
 
