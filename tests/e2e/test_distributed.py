@@ -13,7 +13,17 @@ import psycopg
 import pytest
 import redis
 
-from tests.e2e.servers import Daphne, celery_worker, chat, create_api_key, manage, receive_frame, require_service, server_env, sign_up
+from tests.e2e.servers import (
+    Daphne,
+    celery_worker,
+    chat,
+    create_api_key,
+    manage,
+    receive_frame,
+    require_service,
+    server_env,
+    sign_up,
+)
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.distributed

@@ -3,7 +3,6 @@ the Celery worker inside it, driven over HTTP and a real WebSocket."""
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import signal
 import sqlite3
 import time

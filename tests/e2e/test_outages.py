@@ -13,7 +13,16 @@ import redis
 import websockets
 
 from tests.e2e.forwarder import Forwarder
-from tests.e2e.servers import Daphne, celery_worker, create_api_key, manage, receive_frame, require_service, server_env, sign_up
+from tests.e2e.servers import (
+    Daphne,
+    celery_worker,
+    create_api_key,
+    manage,
+    receive_frame,
+    require_service,
+    server_env,
+    sign_up,
+)
 from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.distributed
