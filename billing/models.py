@@ -140,3 +140,52 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.source} message {self.message_id} by {self.user} ({self.plan}, {self.status})"
+
+
+class UsageHour(models.Model):
+    """The usage records of one hour (UTC), one plan and one source, added up by
+    `billing.rollup`. Latencies are kept as histograms (`billing.histogram`), so percentiles
+    over any range come from these rows alone."""
+
+    hour = models.DateTimeField()
+    plan = models.CharField(max_length=16)
+    source = models.CharField(max_length=8)
+    requests = models.PositiveIntegerField(default=0)
+    stopped = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    compute_s = models.FloatField(default=0.0)
+    decode_s = models.FloatField(default=0.0)
+    ttft_hist = models.JSONField(default=dict)  # time to first token
+    itl_hist = models.JSONField(default=dict)  # inter-token latency: decode_s / (tokens - 1)
+    queue_hist = models.JSONField(default=dict)  # queue wait
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", "plan", "source"], name="usage_hour_unique")]
+        ordering = ["hour"]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.plan} {self.source}: {self.requests} requests"
+
+
+class UsageDay(models.Model):
+    """One user's usage on one day (UTC) on one plan from one source: active users and the
+    per-user tables, without reading the raw records."""
+
+    day = models.DateField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="usage_days")
+    plan = models.CharField(max_length=16)
+    source = models.CharField(max_length=8)
+    requests = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    compute_s = models.FloatField(default=0.0)
+    last_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["day", "user", "plan", "source"], name="usage_day_unique")]
+        indexes = [models.Index(fields=["user", "day"], name="usage_day_user")]
+
+    def __str__(self) -> str:
+        return f"{self.day} user {self.user_id} {self.plan} {self.source}: {self.requests} requests"

@@ -29,11 +29,25 @@ def _load_engine_early(**_) -> None:
 
 
 @worker_ready.connect
-def _start_lease_sweeper(**_) -> None:
-    """Replies whose worker died are sent to the queue again by any live worker."""
+def _start_lease_sweeper(sender=None, **_) -> None:
+    """Replies whose worker died are sent to the queue again by any live worker; the console
+    hears from every worker (chatsite.worker_stats)."""
     from chatsite.leases import sweeper_start
+    from chatsite.worker_stats import heartbeat_start
 
     sweeper_start()
+    heartbeat_start(getattr(sender, "hostname", None))
+
+
+@app.on_after_configure.connect
+def _schedule_roll_ups(sender, **_) -> None:
+    """`celery -A chatsite beat` adds the usage records up every USAGE_ROLLUP_INTERVAL_S
+    (the embedded mode has a timer of its own instead)."""
+    from django.conf import settings
+
+    if settings.USAGE_ROLLUP_INTERVAL_S > 0:
+        sender.add_periodic_task(settings.USAGE_ROLLUP_INTERVAL_S, sender.signature("chatsite.tasks.usage_roll_up"),
+                                 name="usage roll-up")
 
 
 @worker_shutting_down.connect

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import sys
 import threading
+import time
 
 from celery.worker import WorkController
 from django.conf import settings
@@ -51,6 +52,8 @@ def _run_worker() -> None:
     # Replies a previous run of this server left unfinished are sent to the queue again at
     # once (their worker was this process) and continued from their saved text.
     leases.sweeper_start(before=_process_started_at)
+    if settings.USAGE_ROLLUP_INTERVAL_S > 0:
+        threading.Thread(target=_roll_up_for_ever, name="usage-roll-up", daemon=True).start()
     _on_server_shutdown(_stop_generating)
     worker = WorkController(
         app=celery_app,
@@ -81,3 +84,22 @@ def _stop_generating() -> None:
     its task threads, that is for every reply to finish."""
     logger.info("server shutting down: handing running replies back")
     engine_shutdown()
+
+
+ROLL_UP_FIRST_S = 30.0  # after the model has begun loading, not beside it
+
+
+def _roll_up_for_ever() -> None:
+    """The embedded mode's stand-in for Celery beat: add usage up for the console."""
+    from django.db import close_old_connections
+
+    from billing.rollup import usage_roll_up
+
+    time.sleep(ROLL_UP_FIRST_S)
+    while True:
+        try:
+            close_old_connections()
+            usage_roll_up()
+        except Exception:
+            logger.exception("usage roll-up failed; trying again at the next interval")
+        time.sleep(settings.USAGE_ROLLUP_INTERVAL_S)

@@ -25,3 +25,12 @@ def generate_reply(message_id: int) -> None:
 def title_conversation(conversation_id: int) -> None:
     """Ask the model for a short title for a conversation's first exchange."""
     title_generate(conversation_id=conversation_id)
+
+
+@shared_task(name="chatsite.tasks.usage_roll_up", ignore_result=True)
+def usage_roll_up() -> None:
+    """Add the day's usage records up for the console (Celery beat runs it in the
+    distributed mode; the embedded worker has a timer)."""
+    from billing.rollup import usage_roll_up as roll_up
+
+    roll_up()

@@ -26,6 +26,7 @@ urlpatterns = [
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
     path("v1/models", api.models, name="api-models"),
     path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
+    path("console/", include("chatsite.console.urls")),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
 ]

@@ -75,6 +75,9 @@ class EngineStats:
     preemptions: int = 0
     running: int = 0
     waiting: int = 0
+    max_running: int = 0
+    kv_tokens: int = 0  # KV cache held by the running requests, in tokens
+    max_kv_tokens: int = 0
 
 
 class Engine:
@@ -190,7 +193,9 @@ class Engine:
     def snapshot(self) -> EngineStats:
         with self._lock:
             return replace(
-                self.stats, running=len(self._scheduler.running), waiting=len(self._scheduler.waiting)
+                self.stats, running=len(self._scheduler.running), waiting=len(self._scheduler.waiting),
+                max_running=self._scheduler.max_running, kv_tokens=self._scheduler.kv_tokens(),
+                max_kv_tokens=self._scheduler.max_kv_tokens,
             )
 
     # The engine thread.

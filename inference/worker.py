@@ -18,6 +18,11 @@ def engine_get(config: EngineConfig) -> Engine:
         return _engine
 
 
+def engine_current() -> Engine | None:
+    """This process's engine if it has loaded, else None (without waiting)."""
+    return _engine
+
+
 def engine_ready() -> bool:
     """Whether this process's engine has loaded (without waiting for it)."""
     return _engine is not None

@@ -38,6 +38,8 @@ def _worker_uses_tiny_model(tiny_model_dir, django_settings_session):
     # Titles written by the model arrive on every socket of the user after the first answer;
     # tests of other frames would meet them (tests/chatsite/test_titles.py turns them on).
     django_settings_session.CHAT_MODEL_TITLES = False
+    # The embedded worker's roll-up timer would rewrite the console's tables under their tests.
+    django_settings_session.USAGE_ROLLUP_INTERVAL_S = 0
     yield
     from inference.worker import engine_shutdown
 

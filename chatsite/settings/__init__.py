@@ -158,6 +158,7 @@ LOGGING = {
 from chatsite.settings.billing import *  # noqa: E402, F403
 from chatsite.settings.celery import *  # noqa: E402, F403
 from chatsite.settings.channels import *  # noqa: E402, F403
+from chatsite.settings.console import *  # noqa: E402, F403
 from chatsite.settings.inference import *  # noqa: E402, F403
 from chatsite.settings.security import *  # noqa: E402, F403
 
