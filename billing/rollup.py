@@ -8,7 +8,6 @@ same rows as running it once at the end of the day.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass, field
 
 from django.db import transaction
 from django.db.models import Max, Min
@@ -18,20 +17,6 @@ from billing.histogram import bucket_of
 from billing.models import UsageDay, UsageHour, UsageRecord
 
 UTC = datetime.UTC
-
-
-@dataclass
-class _Sums:
-    requests: int = 0
-    stopped: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    compute_s: float = 0.0
-    decode_s: float = 0.0
-    ttft: dict = field(default_factory=dict)
-    itl: dict = field(default_factory=dict)
-    queue: dict = field(default_factory=dict)
 
 
 def _count(histogram: dict, value: float) -> None:
@@ -46,8 +31,8 @@ def day_start(day: datetime.date) -> datetime.datetime:
 def usage_roll_up_day(day: datetime.date) -> int:
     """Recompute the roll-ups of one UTC day; returns how many records it read."""
     start, end = day_start(day), day_start(day + datetime.timedelta(days=1))
-    hours: dict[tuple, _Sums] = {}
-    users: dict[tuple, dict] = {}
+    hours: dict[tuple, UsageHour] = {}
+    users: dict[tuple, UsageDay] = {}
     records = (
         UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
         .order_by()
@@ -59,7 +44,10 @@ def usage_roll_up_day(day: datetime.date) -> int:
          created_at) in records.iterator(chunk_size=5000):
         read += 1
         hour = created_at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-        sums = hours.setdefault((hour, plan, source), _Sums())
+        sums = hours.get((hour, plan, source))
+        if sums is None:
+            sums = hours[hour, plan, source] = UsageHour(hour=hour, plan=plan, source=source, ttft_hist={},
+                                                         itl_hist={}, queue_hist={})
         sums.requests += 1
         sums.stopped += status == "stopped"
         sums.failed += status == "failed"
@@ -67,32 +55,25 @@ def usage_roll_up_day(day: datetime.date) -> int:
         sums.completion_tokens += completion
         sums.compute_s += compute
         sums.decode_s += decode
-        _count(sums.queue, queue_wait)
+        _count(sums.queue_hist, queue_wait)
         if ttft is not None:
-            _count(sums.ttft, ttft)
+            _count(sums.ttft_hist, ttft)
         if completion > 1 and decode > 0:
-            _count(sums.itl, decode / (completion - 1))
-        user = users.setdefault((user_id, plan, source), {
-            "requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "compute_s": 0.0, "last_at": created_at,
-        })
-        user["requests"] += 1
-        user["prompt_tokens"] += prompt
-        user["completion_tokens"] += completion
-        user["compute_s"] += compute
-        user["last_at"] = max(user["last_at"], created_at)
+            _count(sums.itl_hist, decode / (completion - 1))
+        user = users.get((user_id, plan, source))
+        if user is None:
+            user = users[user_id, plan, source] = UsageDay(day=day, user_id=user_id, plan=plan, source=source,
+                                                           last_at=created_at)
+        user.requests += 1
+        user.prompt_tokens += prompt
+        user.completion_tokens += completion
+        user.compute_s += compute
+        user.last_at = max(user.last_at, created_at)
     with transaction.atomic():
         UsageHour.objects.filter(hour__gte=start, hour__lt=end).delete()
         UsageDay.objects.filter(day=day).delete()
-        UsageHour.objects.bulk_create([
-            UsageHour(hour=hour, plan=plan, source=source, requests=s.requests, stopped=s.stopped, failed=s.failed,
-                      prompt_tokens=s.prompt_tokens, completion_tokens=s.completion_tokens, compute_s=s.compute_s,
-                      decode_s=s.decode_s, ttft_hist=s.ttft, itl_hist=s.itl, queue_hist=s.queue)
-            for (hour, plan, source), s in hours.items()
-        ], batch_size=1000)
-        UsageDay.objects.bulk_create([
-            UsageDay(day=day, user_id=user_id, plan=plan, source=source, **sums)
-            for (user_id, plan, source), sums in users.items()
-        ], batch_size=1000)
+        UsageHour.objects.bulk_create(hours.values(), batch_size=1000)
+        UsageDay.objects.bulk_create(users.values(), batch_size=1000)
     return read
 
 
