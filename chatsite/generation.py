@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from billing.plans import plan_for_user, plan_get
 from billing.usage import usage_record
-from chatsite import publisher
+from chatsite import metrics, publisher
 from chatsite.leases import lease_claim, lease_release, lease_renew
 from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
@@ -248,7 +248,7 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carri
         if not saved:
             logger.warning("lost the lease on message %s before saving its end; the new owner saves it", reply.id)
             return
-        usage_record(
+        record = usage_record(
             user=reply.conversation.owner,
             message_id=reply.id,
             plan=reply.plan,
@@ -261,6 +261,7 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carri
             decode_s=usage.decode_s,
             compute_s=usage.compute_s,
         )
+    metrics.usage_observe(record)
     if status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
         publisher.publish_error(reply.id, error=error)
         return

@@ -6,6 +6,7 @@ from django.views.generic import RedirectView
 
 from billing.views import stripe_webhook
 from chatsite import api, conversation_views, views
+from chatsite.metrics import metrics_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat", permanent=False)),
@@ -29,6 +30,7 @@ urlpatterns = [
     path("console/", include("chatsite.console.urls")),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
 ]
 
 if settings.MAIL_ENABLED:  # a reset link needs mail to travel by
