@@ -16,12 +16,13 @@ from celery.worker import WorkController
 from django.conf import settings
 from django.utils import timezone
 
-from chatsite import leases, publisher
+from chatsite import leases, publisher, worker_stats
 from chatsite.celery import app as celery_app
 from inference.worker import engine_shutdown
 
 logger = logging.getLogger(__name__)
 
+HOSTNAME = "embedded@chatsite"
 _worker_thread: threading.Thread | None = None
 _process_started_at = timezone.now()
 _lock = threading.Lock()
@@ -52,12 +53,13 @@ def _run_worker() -> None:
     # Replies a previous run of this server left unfinished are sent to the queue again at
     # once (their worker was this process) and continued from their saved text.
     leases.sweeper_start(before=_process_started_at)
+    worker_stats.heartbeat_start(HOSTNAME)
     if settings.USAGE_ROLLUP_INTERVAL_S > 0:
         threading.Thread(target=_roll_up_for_ever, name="usage-roll-up", daemon=True).start()
     _on_server_shutdown(_stop_generating)
     worker = WorkController(
         app=celery_app,
-        hostname="embedded@chatsite",
+        hostname=HOSTNAME,
         queues=[settings.CHAT_QUEUE_PLUS, settings.CHAT_QUEUE_FREE],
         pool="threads",
         concurrency=settings.CELERY_WORKER_CONCURRENCY,

@@ -3,6 +3,7 @@
 import asyncio
 import concurrent.futures
 import json
+import re
 import threading
 import time
 import urllib.request
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.distributed
 
 REDIS_DB_URL = "redis://127.0.0.1:6379/9"  # a database of its own, emptied before and after
 WORKER_POOL_SIZE = 2
+METRICS_TOKEN = "distributed-metrics-token"
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +59,11 @@ def distributed(tmp_path_factory, tiny_model_dir, database_url, redis_url):
         CHATSITE_DATA_DIR=str(log_dir),
         CHAT_MODEL=tiny_model_dir,
         CHAT_DTYPE="fp32",
+        METRICS_TOKEN=METRICS_TOKEN,
+        # Web and worker processes add up what they count in one folder (prometheus_client).
+        PROMETHEUS_MULTIPROC_DIR=str(log_dir / "metrics"),
     )
+    (log_dir / "metrics").mkdir()
     manage(env, "migrate", "--noinput")
     # Fewer pooled connections than task threads (4): a reply must not keep one while it streams.
     worker = celery_worker({**env, "DATABASE_POOL_SIZE": str(WORKER_POOL_SIZE)}, log_dir)
@@ -86,6 +92,22 @@ def test_a_reply_is_generated_by_the_worker_process_and_streamed_through_redis(d
     assert completion_tokens == done["usage"]["completion_tokens"] > 0
     assert "generate_reply[" in worker.log()  # the separate worker ran it
     assert "embedded Celery worker" not in server.log()
+
+
+def test_the_web_process_reports_the_workers_counts_and_engine(distributed):
+    """Counted by the worker process, scraped from the web one; the worker's engine gauges
+    come through Redis."""
+    server, _, _ = distributed
+    headers = {"Authorization": f"Bearer {METRICS_TOKEN}"}
+    deadline = time.monotonic() + 20  # the worker reports every 5 s
+    while True:
+        text = httpx.get(server.url + "/metrics", headers=headers, timeout=10).text
+        if "chatsite_requests_running{" in text or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert re.search(r'chatsite_requests_running\{worker="[^"]+"\} 0', text)
+    done = re.search(r'chatsite_requests_total\{plan="free",source="chat",status="done"\} (\S+)', text)
+    assert done and float(done.group(1)) >= 1
 
 
 def test_health_reports_the_database_the_broker_and_the_worker(distributed):
