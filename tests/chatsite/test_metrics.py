@@ -69,3 +69,20 @@ def test_engine_gauges_come_from_the_workers_snapshots(client, settings, tiny_en
     text = scrape(client)
     assert sample(text, "chatsite_requests_running", worker="w1@test") == 0
     assert 'chatsite_kv_cache_usage_ratio{worker="w1@test"} 0.0' in text
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_we_export(client, settings, tiny_engine_config):
+    import json
+    from pathlib import Path
+
+    from inference.worker import engine_get
+
+    settings.METRICS_TOKEN = TOKEN
+    engine_get(tiny_engine_config)
+    worker_stats_publish("w1@test")
+    exported = set(re.findall(r"^# TYPE (\w+) ", scrape(client), re.M))
+    exported |= {f"{name}_total" for name in exported} | {f"{name}_bucket" for name in exported}
+    dashboard = json.loads((Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text())
+    asked = {name for panel in dashboard["panels"] for target in panel["targets"]
+             for name in re.findall(r"chatsite_\w+", target["expr"])}
+    assert asked and asked <= exported
