@@ -37,7 +37,7 @@ def plus_price_usd() -> tuple[float, str]:
     if cached is not None:
         return cached, "Stripe price"
     try:
-        price = as_dict(stripe_client().prices.retrieve(settings.STRIPE_PRICE_PLUS))
+        price = as_dict(stripe_client().v1.prices.retrieve(settings.STRIPE_PRICE_PLUS))
         amount = price["unit_amount"] / 100
         interval = (price.get("recurring") or {}).get("interval", "month")
         monthly = {"year": amount / 12, "week": amount * 52 / 12, "day": amount * 365 / 12}.get(interval, amount)

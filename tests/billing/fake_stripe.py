@@ -36,6 +36,10 @@ class FakeStripe(stripe.HTTPClient):
         self.subscriptions: dict[str, dict] = {}
         self.checkout_sessions: dict[str, dict] = {}
         self.fail_with: int | None = None  # answer every request with this status (Stripe down)
+        self.prices: dict[str, dict] = {"price_plus": {
+            "id": "price_plus", "object": "price", "currency": "usd", "unit_amount": 2000, "type": "recurring",
+            "recurring": {"interval": "month", "interval_count": 1}, "active": True, "livemode": False,
+        }}
 
     # What the SDK calls.
     def request(self, method, url, headers, post_data=None, *, _usage=None):
@@ -119,6 +123,9 @@ class FakeStripe(stripe.HTTPClient):
                         "created": int(time.time()), "livemode": False}
             self.customers[customer["id"]] = customer
             return 200, customer
+        if parts[:2] == ["v1", "prices"] and method == "GET" and len(parts) == 3:
+            price = self.prices.get(parts[2])
+            return (200, price) if price else self._missing("price", parts[2])
         if parts[:2] == ["v1", "subscriptions"] and method == "GET" and len(parts) == 3:
             subscription = self.subscriptions.get(parts[2])
             return (200, subscription) if subscription else self._missing("subscription", parts[2])
