@@ -3,6 +3,8 @@ Content Security Policy stays strict. Colours come from the stylesheet (classes)
 themes apply."""
 from __future__ import annotations
 
+import math
+
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
@@ -11,12 +13,13 @@ LEFT, BOTTOM, TOP = 48, 22, 8
 
 
 def _nice_top(value: float) -> float:
-    """The axis's top: 1, 2 or 5 times a power of ten, at least `value`."""
+    """The axis's top: 1, 2 or 5 times a power of ten, at least `value` (which may be tiny:
+    a cost of a few thousandths of a dollar)."""
     if value <= 0:
         return 1
-    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1
+    magnitude = 10 ** math.floor(math.log10(value))
     for step in (1, 2, 5, 10):
-        if value <= step * magnitude:
+        if value <= step * magnitude * (1 + 1e-9):
             return step * magnitude
     return 10 * magnitude
 
@@ -24,7 +27,7 @@ def _nice_top(value: float) -> float:
 def _number(value: float) -> str:
     if value >= 1000:
         return f"{value / 1000:g}k"
-    return f"{value:g}"
+    return f"{value:.3g}"
 
 
 def stacked_bars(*, labels: list[str], series: dict[str, list[float]], title: str, unit: str) -> SafeString:
