@@ -1,0 +1,133 @@
+"""Weight-only quantized matrices for decode steps of few rows.
+
+A decode step of one or a few rows is a matrix-vector product bound by memory: its time is
+the bytes of weights it reads. The default model ships as GGUF Q4_1 (4-bit weights in
+blocks of 32, each block with a scale and a minimum); transformers de-quantizes that to
+bf16 at load, and a step then reads 4× the bytes. Here the blocks are kept as they are and
+multiplied by torch's own CPU kernels:
+
+- **int4, groups of 32** (`torch.ops.aten._weight_int4pack_mm_for_cpu`) from Q4_0 and Q4_1
+  blocks. The kernel computes w = (q − 8) × scale + zero per group; Q4_1's w = d × q + m is
+  that with scale = d and zero = m + 8d, Q4_0's w = d × (q − 8) with zero = 0. The 4-bit
+  codes are taken as stored (no re-rounding). d and m are fp16 in the file: in fp32 (the
+  scales of an fp32 step) they are exact, and m + 8d is rounded once to fp32; in bf16 (the
+  kernel wants the activations' dtype) each is rounded to bf16, as the de-quantized bf16
+  weights are.
+- **int8 per output channel** (`torch._weight_int8pack_mm`) for every other source: fp16,
+  bf16 or fp32 weights, and GGUF's Q8_0 (blocks of 32 with their own scales, which one scale
+  per row cannot keep: those are re-rounded). The default model's token embedding is Q8_0
+  and tied to its lm_head, so one int8 matrix serves both.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+GROUP = 32  # weights per GGUF block and per int4 group
+Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
+
+
+@dataclass
+class Int4Weight:
+    """A [out, in] matrix as torch's packed int4 with a scale and a zero per 32 inputs."""
+
+    packed: torch.Tensor
+    scales_and_zeros: torch.Tensor  # [in / 32, out, 2] in the activations' dtype
+    out_features: int
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
+        return y.reshape(*shape[:-1], self.out_features)
+
+    @property
+    def nbytes(self) -> int:
+        return self.packed.nbytes + self.scales_and_zeros.nbytes
+
+
+@dataclass
+class Int8Weight:
+    """A [out, in] matrix as int8 with one scale per output channel (row)."""
+
+    codes: torch.Tensor  # int8 [out, in]
+    scales: torch.Tensor  # [out], in the activations' dtype
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.scales.dtype), self.codes, self.scales)
+        return y.reshape(*shape[:-1], self.codes.shape[0])
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Rows of the de-quantized matrix: the embedding of token ids."""
+        return self.codes[index].to(self.scales.dtype) * self.scales[index].unsqueeze(-1)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes
+
+
+QuantWeight = Int4Weight | Int8Weight
+
+
+def int4_from_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> Int4Weight:
+    """codes [out, in] in 0..15 (w = (code − 8) × scale + zero); scale, zero [out, in / 32]."""
+    out_features = codes.shape[0]
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
+    scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
+    return Int4Weight(packed, scales_and_zeros, out_features)
+
+
+def int8_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int8Weight:
+    """Symmetric per-row int8: each row's largest magnitude maps to 127."""
+    weight = weight.detach().float()
+    scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
+    codes = torch.round(weight / scales.unsqueeze(1)).clamp(-127, 127).to(torch.int8).contiguous()
+    return Int8Weight(codes, scales.to(dtype))
+
+
+def gguf_blocks(kind: str, data: np.ndarray, shape: tuple[int, int]):
+    """The blocks of a GGUF tensor of `kind` as (codes [out, in], scale [out, in / 32],
+    minimum [out, in / 32] or None). Q4 codes are 0..15; Q8_0 codes are −128..127 with no
+    minimum. `data` is the reader's raw uint8 rows."""
+    rows, columns = shape
+    blocks = np.ascontiguousarray(data).reshape(rows, columns // GROUP, -1)
+    scale = torch.from_numpy(blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32))
+    if kind == Q8_0:
+        codes = torch.from_numpy(blocks[..., 2:].copy().view(np.int8).reshape(rows, columns))
+        return codes, scale, None
+    offset = 4 if kind == Q4_1 else 2
+    minimum = None
+    if kind == Q4_1:
+        minimum = torch.from_numpy(blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float32))
+    packed = blocks[..., offset:offset + GROUP // 2]
+    # A block's first 16 weights are the low nibbles of its 16 bytes, the next 16 the high ones.
+    codes = np.concatenate([packed & 0x0F, packed >> 4], axis=-1).reshape(rows, columns)
+    return torch.from_numpy(codes.astype(np.uint8)), scale, minimum
+
+
+def int4_from_gguf(kind: str, data: np.ndarray, shape: tuple[int, int], dtype: torch.dtype,
+                   row_order: torch.Tensor | None = None) -> Int4Weight:
+    """A Q4_0 or Q4_1 tensor as torch int4 without re-rounding a code; `row_order` reorders its
+    rows as the model's loader did (transformers un-permutes q and k)."""
+    codes, scale, minimum = gguf_blocks(kind, data, shape)
+    zero = minimum + 8 * scale if kind == Q4_1 else torch.zeros_like(scale)
+    if row_order is not None:
+        codes, scale, zero = codes[row_order], scale[row_order], zero[row_order]
+    return int4_from_codes(codes, scale, zero, dtype)
+
+
+def dequantize_gguf(kind: str, data: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
+    """The float32 matrix a GGUF block tensor stands for (tests compare with it)."""
+    codes, scale, minimum = gguf_blocks(kind, data, shape)
+    scale = scale.repeat_interleave(GROUP, dim=1)
+    if kind == Q8_0:
+        return codes.float() * scale
+    if kind == Q4_1:
+        return codes.float() * scale + minimum.repeat_interleave(GROUP, dim=1)
+    return (codes.float() - 8) * scale
