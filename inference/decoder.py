@@ -75,6 +75,19 @@ class LlamaDecoder:
             self.layers, self.lm_head = _packed(self.layers, self.lm_head)
         if self.small_layers is not None and can_prepack(small_batch_dtype, device):
             self.small_layers, self.small_lm_head = _packed(self.small_layers, self.small_lm_head)
+        self.quantized_layers, self.quantized_lm_head, self.quantized_rows = None, None, 0
+
+    def use_quantized(self, layers: list[dict], lm_head, *, rows: int) -> None:
+        """Steps of up to `rows` rows multiply by these quantized matrices (inference.quant);
+        the norms and biases stay the model's."""
+        quantized = []
+        for layer, matrices in zip(self.layers, layers, strict=True):
+            converted = _converted(layer, lambda tensor: tensor, ())
+            for name, weight in matrices.items():
+                setattr(converted, name, weight)
+            quantized.append(converted)
+        self.quantized_layers, self.quantized_lm_head = quantized, (lm_head, self.lm_head[1])
+        self.quantized_rows = rows
 
     @torch.inference_mode()
     def step(
@@ -100,6 +113,8 @@ class LlamaDecoder:
         layers, lm_head = self.layers, self.lm_head
         if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
             layers, lm_head = self.small_layers, self.small_lm_head
+        if self.quantized_layers is not None and rows <= self.quantized_rows:
+            layers, lm_head = self.quantized_layers, self.quantized_lm_head
         last = layers[-1]
         for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
             qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
@@ -123,8 +138,12 @@ class LlamaDecoder:
         return _linear(hidden, *lm_head)[:, -1]
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear in the weight's dtype, the result in x's; `weight` may be packed (`_pack`)."""
+def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
+    """F.linear in the weight's dtype, the result in x's; `weight` may be packed (`_pack`) or
+    quantized (`inference.quant`)."""
+    if not isinstance(weight, torch.Tensor):
+        y = weight.matmul(x).to(x.dtype)
+        return y if bias is None else y + bias
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "").to(x.dtype)
     if weight.dtype == x.dtype:

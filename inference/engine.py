@@ -48,12 +48,15 @@ class EngineConfig:
     max_kv_tokens: int = 65536  # tokens the running sequences may hold in KV cache together
     prefix_cache: bool = True  # reuse the KV of the chat template's shared opening
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
+    quant: str = "auto"  # auto | int4 | none: small decode steps on the GGUF's own 4-bit weights (inference.quant)
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError("max_running must be at least 1")
         if self.max_kv_tokens < 1:
             raise ValueError("max_kv_tokens must be at least 1")
+        if self.quant not in ("auto", "int4", "none"):
+            raise ValueError("quant must be auto, int4 or none")
 
 
 @dataclass
@@ -126,14 +129,20 @@ class Engine:
             device,
             small_batch_dtype=pick_small_batch_dtype(device, config.dtype),
         )
+        quantized = ""
+        if config.quant != "none" and source.gguf_file:
+            quantized = self.runner.quantize_from_gguf(f"{source.path}/{source.gguf_file}")
+        if config.quant == "int4" and not quantized:
+            logger.warning("CHAT_QUANT=int4: this model or machine cannot use it; decoding without")
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
         logger.info(
-            "loaded %s on %s in %s%s%s in %.1f s",
+            "loaded %s on %s in %s%s%s%s in %.1f s",
             source.gguf_file or source.path, device, dtype,
             f" (steps of up to {SMALL_BATCH_ROWS} rows in {self.runner.small_batch_dtype})" if self.runner.small_batch_dtype else "",
             ", decode weights prepacked" if self.runner.prepacked else "",
+            f", {quantized}" if quantized else "",
             time.perf_counter() - started,
         )
 

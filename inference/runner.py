@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
-from inference import decoder
+from inference import decoder, quant
 from inference.attention import use_decode_attention
+
+logger = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda")
 # Columns of KV room kept after the last token when the decode step writes in place: the KV is
@@ -113,6 +116,24 @@ class ModelRunner:
         self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
         self._pending: list = []  # prefilled, not yet stacked: (cache, mask, request ids, lengths)
+
+    def quantize_from_gguf(self, path: str) -> str:
+        """Let decode steps of up to QUANT_ROWS rows multiply by the file's own 4-bit weights
+        (inference.quant); returns what it set up, or "" where it does not apply: no fast
+        decoder, not a bf16 CPU model (the fp32 kernel is slower than fp32 weights), or blocks
+        other than Q4_0/Q4_1."""
+        if self._decoder is None or self.device.type != "cpu" or self.dtype is not torch.bfloat16:
+            return ""
+        try:
+            weights = quant.llama_weights_from_gguf(path, self.model.config, self.dtype)
+        except Exception:
+            logger.exception("could not read the GGUF's quantized weights; decoding without them")
+            return ""
+        if weights is None:
+            return ""
+        layers, lm_head = weights
+        self._decoder.use_quantized(layers, lm_head, rows=quant.QUANT_ROWS)
+        return f"steps of up to {quant.QUANT_ROWS} rows on int4 weights (lm_head int8)"
 
     @property
     def small_batch_dtype(self) -> torch.dtype | None:

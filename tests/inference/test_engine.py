@@ -384,3 +384,29 @@ def test_requests_in_two_failed_steps_fail_and_the_engine_serves_on(engine, monk
     assert finish.status is RequestStatus.FAILED
     broken[0] = False
     assert run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))[2].status is RequestStatus.DONE
+
+
+@pytest.mark.real_model
+def test_the_4_bit_decode_path_answers_as_the_de_quantized_one():
+    """CHAT_QUANT=auto decodes single streams on the GGUF's own int4 weights (where the CPU
+    computes bf16); greedy answers match the de-quantized bf16 weights'."""
+    questions = ["What is the capital of France?", "Name three colours of the rainbow."]
+    answers = {}
+    for quant in ("none", "auto"):
+        engine = Engine.load(EngineConfig(quant=quant))
+        try:
+            answers[quant] = [
+                run(engine.submit(build_prompt_ids(engine.tokenizer, [{"role": "user", "content": question}],
+                                                   context_length=engine.context_length, reserve_tokens=48),
+                                  SamplingParams(temperature=0, max_new_tokens=48)))[0]
+                for question in questions
+            ]
+        finally:
+            engine.shutdown()
+    assert answers["auto"] == answers["none"]
+    assert "Paris" in answers["auto"][0]
+
+
+def test_an_unknown_quant_setting_is_refused():
+    with pytest.raises(ValueError, match="quant"):
+        EngineConfig(quant="int3")
