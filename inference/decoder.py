@@ -76,6 +76,7 @@ class LlamaDecoder:
         if self.small_layers is not None and can_prepack(small_batch_dtype, device):
             self.small_layers, self.small_lm_head = _packed(self.small_layers, self.small_lm_head)
         self.quantized_layers, self.quantized_lm_head, self.quantized_rows = None, None, 0
+        self.rotary_tables = _rotary_tables(model)
 
     def use_quantized(self, layers: list[dict], lm_head, *, rows: int) -> None:
         """Steps of up to `rows` rows multiply by these quantized matrices (inference.quant);
@@ -106,6 +107,8 @@ class LlamaDecoder:
         `between_layers` is called after every layer but the last: the engine prefills an urgent
         request there instead of making it wait for the whole step."""
         rows = tokens.shape[0]
+        if rows <= SMALL_BATCH_ROWS and self.rotary_tables is not None:
+            return self._small_step(tokens, positions, keys, values, column, mask, between_layers)
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         group = self.heads // self.kv_heads
         hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
@@ -136,6 +139,77 @@ class LlamaDecoder:
                 between_layers()
         hidden = self.model.model.norm(hidden)
         return _linear(hidden, *lm_head)[:, -1]
+
+    def _small_step(self, tokens, positions, keys, values, column, mask, between_layers) -> torch.Tensor:
+        """`step` for a few rows, where a step is a chain of matrix-vector products bound by
+        memory and the time between them is per-op overhead: each layer here runs about half
+        the ops of the batched path — cos and sin looked up in tables, one rotary for q and k
+        together, RMSNorm written out, and attention as one SDPA call over the columns up to
+        this token (the query heads of a key/value head as its query length, so no repeat)."""
+        rows = tokens.shape[0]
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        q_size, qk_size = heads * dim, (heads + kv_heads) * dim
+        layers, lm_head = self.layers, self.lm_head
+        if self.small_layers is not None:
+            layers, lm_head = self.small_layers, self.small_lm_head
+        if self.quantized_layers is not None and rows <= self.quantized_rows:
+            layers, lm_head = self.quantized_layers, self.quantized_lm_head
+        cos_table, sin_table = self.rotary_tables
+        cos, sin = cos_table[positions], sin_table[positions]  # [rows, 1, head_dim]; sin's first half negated
+        attend = mask[..., : column + 1]
+        attend = None if bool(attend.all()) else attend
+        hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
+        last = layers[-1]
+        for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
+            qkv = _linear(_rms_norm(hidden, layer.input_norm), layer.qkv, layer.qkv_bias)
+            qk = qkv[..., :qk_size].view(rows, heads + kv_heads, dim)
+            # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
+            qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)
+            layer_keys[:, :, column] = qk[:, heads:]
+            layer_values[:, :, column] = qkv[..., qk_size:].view(rows, kv_heads, dim)
+            attention = F.scaled_dot_product_attention(
+                qk[:, :heads].view(rows, kv_heads, heads // kv_heads, dim),
+                layer_keys[:, :, : column + 1],
+                layer_values[:, :, : column + 1],
+                attn_mask=attend,
+            )
+            hidden = hidden + _linear(attention.reshape(rows, 1, q_size), layer.o, layer.o_bias)
+            gate, up = _linear(_rms_norm(hidden, layer.post_norm), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + _linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            if between_layers is not None and layer is not last:
+                between_layers()
+        hidden = _rms_norm(hidden, self.model.model.norm)
+        return _linear(hidden, *lm_head)[:, -1]
+
+
+def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op (fp32 inside, the weight applied in x's dtype),
+    without the module call."""
+    fp32 = x.float()
+    fp32 = fp32 * torch.rsqrt(fp32.square().mean(-1, keepdim=True) + norm.variance_epsilon)
+    return norm.weight * fp32.to(x.dtype)
+
+
+# RoPE kinds whose cos and sin depend on the position alone (not on the sequence's length).
+STATIC_ROPE = ("default", "linear", "llama3")
+
+
+def _rotary_tables(model) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """cos and sin [positions, head_dim] for every position the model takes, computed by the
+    model's own rotary module (so equal to what it computes per step), sin's first half negated
+    for `_small_step`; None for RoPE kinds that change with length."""
+    config = model.config
+    parameters = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    if parameters.get("rope_type", parameters.get("type", "default")) not in STATIC_ROPE:
+        return None
+    rotary = model.model.rotary_emb
+    weight = model.lm_head.weight
+    positions = torch.arange(int(config.max_position_embeddings), device=weight.device)[None]
+    with torch.inference_mode():
+        cos, sin = rotary(weight.new_zeros(1), positions)
+    cos, sin = cos[0], sin[0].clone()
+    sin[:, : sin.shape[1] // 2] *= -1
+    return cos.contiguous(), sin.contiguous()
 
 
 def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:

@@ -95,6 +95,18 @@ def int8_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int8Weight:
     return Int8Weight(codes, scales.to(dtype))
 
 
+def int4_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int4Weight:
+    """Asymmetric int4 in groups of 32 inputs: each group's minimum and maximum map to codes
+    0 and 15 (Q4_1's rule), so w = (code − 8) × scale + zero with zero = minimum + 8 × scale."""
+    weight = weight.detach().float()
+    rows, columns = weight.shape
+    groups = weight.reshape(rows, columns // GROUP, GROUP)
+    low, high = groups.amin(dim=-1), groups.amax(dim=-1)
+    scale = ((high - low) / 15).clamp(min=1e-12)
+    codes = torch.round((groups - low.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(0, 15).reshape(rows, columns)
+    return int4_from_codes(codes, scale, low + 8 * scale, dtype)
+
+
 def gguf_blocks(kind: str, data: np.ndarray, shape: tuple[int, int]):
     """The blocks of a GGUF tensor of `kind` as (codes [out, in], scale [out, in / 32],
     minimum [out, in / 32] or None). Q4 codes are 0..15; Q8_0 codes are −128..127 with no
