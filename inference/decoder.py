@@ -90,6 +90,12 @@ class LlamaDecoder:
         self.quantized_layers, self.quantized_lm_head = quantized, (lm_head, self.lm_head[1])
         self.quantized_rows = rows
 
+    def small_step_weights(self) -> tuple[_Layer, tuple]:
+        """The first layer and the lm_head a one-row step multiplies by, quantized aside."""
+        if self.small_layers is not None:
+            return self.small_layers[0], self.small_lm_head
+        return self.layers[0], self.lm_head
+
     @torch.inference_mode()
     def step(
         self,
@@ -158,35 +164,36 @@ class LlamaDecoder:
         cos, sin = cos_table[positions], sin_table[positions]  # [rows, 1, head_dim]; sin's first half negated
         attend = mask[..., : column + 1]
         attend = None if bool(attend.all()) else attend
-        hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
+        # Rows stay 2-D [rows, hidden] throughout: the quantized kernels take them as they are.
+        hidden = self.model.model.embed_tokens(tokens[:, 0])
+        cos, sin = cos.view(rows, 1, dim), sin.view(rows, 1, dim)
         last = layers[-1]
         for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
             qkv = _linear(_rms_norm(hidden, layer.input_norm), layer.qkv, layer.qkv_bias)
-            qk = qkv[..., :qk_size].view(rows, heads + kv_heads, dim)
+            qk = qkv[:, :qk_size].view(rows, heads + kv_heads, dim)
             # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
             qk = torch.addcmul(qk * cos, qk.roll(dim // 2, -1), sin)
             layer_keys[:, :, column] = qk[:, heads:]
-            layer_values[:, :, column] = qkv[..., qk_size:].view(rows, kv_heads, dim)
+            layer_values[:, :, column] = qkv[:, qk_size:].view(rows, kv_heads, dim)
             attention = F.scaled_dot_product_attention(
                 qk[:, :heads].view(rows, kv_heads, heads // kv_heads, dim),
                 layer_keys[:, :, : column + 1],
                 layer_values[:, :, : column + 1],
                 attn_mask=attend,
             )
-            hidden = hidden + _linear(attention.reshape(rows, 1, q_size), layer.o, layer.o_bias)
+            hidden = hidden + _linear(attention.view(rows, q_size), layer.o, layer.o_bias)
             gate, up = _linear(_rms_norm(hidden, layer.post_norm), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
-            hidden = hidden + _linear(F.silu(gate) * up, layer.down, layer.down_bias)
+            hidden = hidden + _linear(F.silu(gate).mul_(up), layer.down, layer.down_bias)
             if between_layers is not None and layer is not last:
                 between_layers()
-        hidden = _rms_norm(hidden, self.model.model.norm)
-        return _linear(hidden, *lm_head)[:, -1]
+        return _linear(_rms_norm(hidden, self.model.model.norm), *lm_head)
 
 
 def _rms_norm(x: torch.Tensor, norm) -> torch.Tensor:
     """transformers' LlamaRMSNorm, op for op (fp32 inside, the weight applied in x's dtype),
     without the module call."""
     fp32 = x.float()
-    fp32 = fp32 * torch.rsqrt(fp32.square().mean(-1, keepdim=True) + norm.variance_epsilon)
+    fp32 = fp32 * fp32.square().mean(-1, keepdim=True).add_(norm.variance_epsilon).rsqrt_()
     return norm.weight * fp32.to(x.dtype)
 
 
@@ -216,7 +223,9 @@ def _linear(x: torch.Tensor, weight, bias: torch.Tensor | None) -> torch.Tensor:
     """F.linear in the weight's dtype, the result in x's; `weight` may be packed (`_pack`) or
     quantized (`inference.quant`)."""
     if not isinstance(weight, torch.Tensor):
-        y = weight.matmul(x).to(x.dtype)
+        y = weight.matmul(x)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
         return y if bias is None else y + bias
     if weight.is_mkldnn:
         return torch.ops.mkldnn._linear_pointwise(x.to(weight.dtype), weight, bias, "none", [], "").to(x.dtype)

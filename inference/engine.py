@@ -21,6 +21,7 @@ from inference.decoder import SMALL_BATCH_ROWS
 from inference.detokenize import IncrementalDetokenizer
 from inference.loading import load_model, load_tokenizer, resolve_model_source
 from inference.prompts import shared_prefix_ids, tokenizer_lock
+from inference.quant import KINDS as QUANT_KINDS
 from inference.requests import Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
@@ -48,15 +49,15 @@ class EngineConfig:
     max_kv_tokens: int = 65536  # tokens the running sequences may hold in KV cache together
     prefix_cache: bool = True  # reuse the KV of the chat template's shared opening
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
-    quant: str = "auto"  # auto | int4 | none: small decode steps on the GGUF's own 4-bit weights (inference.quant)
+    quant: str = "auto"  # auto | int4 | int8 | none: small decode steps on quantized weights (inference.quant)
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
             raise ValueError("max_running must be at least 1")
         if self.max_kv_tokens < 1:
             raise ValueError("max_kv_tokens must be at least 1")
-        if self.quant not in ("auto", "int4", "none"):
-            raise ValueError("quant must be auto, int4 or none")
+        if self.quant not in QUANT_KINDS:
+            raise ValueError(f"quant must be one of {', '.join(QUANT_KINDS)}")
 
 
 @dataclass
@@ -129,11 +130,10 @@ class Engine:
             device,
             small_batch_dtype=pick_small_batch_dtype(device, config.dtype),
         )
-        quantized = ""
-        if config.quant != "none" and source.gguf_file:
-            quantized = self.runner.quantize_from_gguf(f"{source.path}/{source.gguf_file}")
-        if config.quant == "int4" and not quantized:
-            logger.warning("CHAT_QUANT=int4: this model or machine cannot use it; decoding without")
+        # The quantized kernels compute in bf16: where a dtype other than bf16 is asked for,
+        # `auto` keeps to it (explicit int4/int8 still apply).
+        quant = "none" if config.quant == "auto" and config.dtype not in ("auto", "bf16") else config.quant
+        quantized = self.runner.quantize(quant, f"{source.path}/{source.gguf_file}" if source.gguf_file else None)
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)

@@ -21,6 +21,8 @@ multiplied by torch's own CPU kernels:
 from __future__ import annotations
 
 import logging
+import statistics
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,11 +45,17 @@ class Int4Weight:
     packed: torch.Tensor
     scales_and_zeros: torch.Tensor  # [in / 32, out, 2] in the activations' dtype
     out_features: int
+    in_features: int
+    doubled: bool = False  # the matrix is [high | low] halves of 8-bit codes: x is fed twice
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if self.doubled:
+            x = torch.cat([x, x], dim=-1)
+        if x.dim() == 2 and x.dtype == self.scales_and_zeros.dtype:  # a decode step's rows
+            return _int4_mm(x, self.packed, GROUP, self.scales_and_zeros)
         shape = x.shape
         x = x.reshape(-1, shape[-1]).to(self.scales_and_zeros.dtype)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scales_and_zeros)
+        y = _int4_mm(x, self.packed, GROUP, self.scales_and_zeros)
         return y.reshape(*shape[:-1], self.out_features)
 
     @property
@@ -63,9 +71,15 @@ class Int8Weight:
     scales: torch.Tensor  # [out], in the activations' dtype
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.dtype == self.scales.dtype:
+            return torch._weight_int8pack_mm(x, self.codes, self.scales)
         shape = x.shape
         y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.scales.dtype), self.codes, self.scales)
         return y.reshape(*shape[:-1], self.codes.shape[0])
+
+    @property
+    def in_features(self) -> int:
+        return self.codes.shape[1]
 
     def rows(self, index: torch.Tensor) -> torch.Tensor:
         """Rows of the de-quantized matrix: the embedding of token ids."""
@@ -77,6 +91,8 @@ class Int8Weight:
 
 
 QuantWeight = Int4Weight | Int8Weight
+# The overload itself: calling it skips the packet's per-call overload lookup.
+_int4_mm = torch.ops.aten._weight_int4pack_mm_for_cpu.default
 
 
 def int4_from_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, dtype: torch.dtype) -> Int4Weight:
@@ -84,7 +100,7 @@ def int4_from_codes(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor
     out_features = codes.shape[0]
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32).contiguous(), 1)
     scales_and_zeros = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()
-    return Int4Weight(packed, scales_and_zeros, out_features)
+    return Int4Weight(packed, scales_and_zeros, out_features, codes.shape[1])
 
 
 def int8_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int8Weight:
@@ -93,6 +109,21 @@ def int8_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int8Weight:
     scales = weight.abs().amax(dim=1).clamp(min=1e-12) / 127
     codes = torch.round(weight / scales.unsqueeze(1)).clamp(-127, 127).to(torch.int8).contiguous()
     return Int8Weight(codes, scales.to(dtype))
+
+
+def int4_from_q8_0(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> Int4Weight:
+    """Q8_0 (w = d × c, c in −128..127, a d per 32 weights) exactly, as an int4 matrix over the
+    input taken twice: with c + 128 = 16 × high + low, the high half has scale 16d and zero 8d,
+    the low half scale d and zero 0, and (high − 8) × 16d + 8d + (low − 8) × d = d × c. One
+    int4 product of twice the inputs reads the same bytes as int8 and keeps the file's
+    per-block scales, which int8 with a scale per row cannot."""
+    shifted = codes.to(torch.int32) + 128
+    halves = torch.cat([shifted >> 4, shifted & 15], dim=1)
+    scales = torch.cat([16 * scale, scale], dim=1)
+    zeros = torch.cat([8 * scale, torch.zeros_like(scale)], dim=1)
+    weight = int4_from_codes(halves, scales, zeros, dtype)
+    weight.in_features, weight.doubled = codes.shape[1], True
+    return weight
 
 
 def int4_from_float(weight: torch.Tensor, dtype: torch.dtype) -> Int4Weight:
@@ -155,24 +186,104 @@ def _row_order(rows: int, heads: int) -> torch.Tensor:
     return torch.arange(rows).reshape(heads, half, 2).transpose(1, 2).reshape(-1)
 
 
-def llama_weights_from_gguf(path: str, config, dtype: torch.dtype):
-    """Per layer the decoder's stacked matrices (qkv, o, gate_up, down) as int4 where the
-    file's blocks are Q4_0/Q4_1 (else int8), and the lm_head as int8; None for a file whose
-    layout this does not know."""
-    from gguf import GGUFReader
+@torch.inference_mode()
+def step_seconds(layer: dict, lm_head: QuantWeight, current, dtype: torch.dtype, repeats: int = 15) -> tuple[float, float]:
+    """Seconds one row takes through a layer's matrices and the lm_head quantized (`layer`,
+    `lm_head`) and as the decoder has them now (`current`: its layer and lm_head), each the
+    median of `repeats`, alternated: the load-time check that the quantized path pays here."""
+    from inference.decoder import _linear
 
-    tensors = {tensor.name: tensor for tensor in GGUFReader(path).tensors}
+    current_layer, current_head = current
+    names = (*MATRICES, "lm_head")
+    quantized = [layer[name] for name in MATRICES] + [lm_head]
+    plain = [getattr(current_layer, name) for name in MATRICES] + [current_head[0]]
+    inputs = [torch.randn(1, weight.in_features, dtype=dtype) for weight in quantized]
+    times: dict[str, list[float]] = {"quantized": [], "current": []}
+    for _ in range(repeats):
+        for label, weights in (("quantized", quantized), ("current", plain)):
+            started = time.perf_counter()
+            for x, weight, _name in zip(inputs, weights, names, strict=True):
+                _linear(x, weight, None)
+            times[label].append(time.perf_counter() - started)
+    return statistics.median(times["quantized"]), statistics.median(times["current"])
+
+
+KINDS = ("auto", "int4", "int8", "none")
+MATRICES = ("qkv", "o", "gate_up", "down")
+
+
+def decoder_weights(model, kind: str, dtype: torch.dtype, gguf_path: str | None = None):
+    """The decoder's per-layer matrices (MATRICES) and its lm_head, quantized for CHAT_QUANT =
+    `kind`, with a line saying what was done; None for `none`.
+
+    - int4 (`auto` for a GGUF whose layers are Q4_0/Q4_1): the file's blocks code for code;
+      for other sources the model's weights re-rounded to int4 in groups of 32.
+    - int8 (`auto` for every other source): per output channel from the model's weights.
+    - lm_head: a Q8_0 one (the default model's, tied to its embedding) exactly
+      (`int4_from_q8_0`), a Q4 one code for code; else int8 per channel (int4 re-rounded
+      from Q8_0 raised perplexity 9 %, docs/decisions.md)."""
+    if kind not in KINDS:
+        raise ValueError(f"quant must be one of {', '.join(KINDS)}, not {kind!r}")
+    if kind == "none":
+        return None
+    tensors = {}
+    if gguf_path:
+        from gguf import GGUFReader
+
+        tensors = {tensor.name: tensor for tensor in GGUFReader(gguf_path).tensors}
+    from_file = _gguf_q4_layers(tensors, model.config, dtype) if tensors and kind in ("auto", "int4") else None
+    if kind == "auto":
+        kind = "int4" if from_file else "int8"
+    if from_file:
+        layers, what = from_file, "int4 from the file's Q4 blocks as stored"
+    elif kind == "int4":
+        layers = [{name: int4_from_float(matrix, dtype) for name, matrix in matrices.items()} for matrices in _float_layers(model)]
+        what = "int4 re-rounded from the model's weights"
+    else:
+        layers = [{name: int8_from_float(matrix, dtype) for name, matrix in matrices.items()} for matrices in _float_layers(model)]
+        what = "int8 per channel from the model's weights"
+    head = tensors.get("output.weight") or tensors.get("token_embd.weight")
+    head_kind = head.tensor_type.name if head is not None else None
+    if kind == "int4" and head_kind == Q8_0:
+        codes, scale, _ = gguf_blocks(Q8_0, head.data, _shape(head))
+        lm_head, head_what = int4_from_q8_0(codes, scale, dtype), "lm_head Q8_0 as stored"
+    elif kind == "int4" and head_kind in (Q4_0, Q4_1):
+        lm_head, head_what = int4_from_gguf(head_kind, head.data, _shape(head), dtype), "lm_head Q4 as stored"
+    else:
+        lm_head, head_what = int8_from_float(model.lm_head.weight, dtype), "lm_head int8 per channel"
+    return layers, lm_head, f"{what}, {head_what}"
+
+
+def _shape(tensor) -> tuple[int, int]:
+    """A GGUF matrix's [out, in] (the file lists dimensions innermost first)."""
+    return int(tensor.shape[1]), int(tensor.shape[0])
+
+
+def _float_layers(model):
+    """Per layer the model's own weights, stacked as the decoder stacks them."""
+    for layer in model.model.layers:
+        attention, mlp = layer.self_attn, layer.mlp
+        yield {
+            "qkv": torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]),
+            "o": attention.o_proj.weight,
+            "gate_up": torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]),
+            "down": mlp.down_proj.weight,
+        }
+
+
+def _gguf_q4_layers(tensors: dict, config, dtype: torch.dtype) -> list[dict] | None:
+    """Per layer the stacked matrices as int4 from the file's Q4_0/Q4_1 blocks (q and k rows
+    in the order transformers un-permutes them to); None unless every one is Q4."""
 
     def blocks(name: str, heads: int | None = None):
-        tensor = tensors[name]
-        kind = tensor.tensor_type.name
-        shape = (int(tensor.shape[1]), int(tensor.shape[0]))
-        if kind not in (Q4_0, Q4_1):
+        tensor = tensors.get(name)
+        if tensor is None or tensor.tensor_type.name not in (Q4_0, Q4_1):
             return None
-        codes, scale, minimum = gguf_blocks(kind, tensor.data, shape)
+        kind = tensor.tensor_type.name
+        codes, scale, minimum = gguf_blocks(kind, tensor.data, _shape(tensor))
         zero = minimum + 8 * scale if kind == Q4_1 else torch.zeros_like(scale)
         if heads:
-            order = _row_order(shape[0], heads)
+            order = _row_order(codes.shape[0], heads)
             codes, scale, zero = codes[order], scale[order], zero[order]
         return codes, scale, zero
 
@@ -195,7 +306,4 @@ def llama_weights_from_gguf(path: str, config, dtype: torch.dtype):
         if any(weight is None for weight in layer.values()):
             return None
         layers.append(layer)
-    head = tensors.get("output.weight") or tensors["token_embd.weight"]
-    shape = (int(head.shape[1]), int(head.shape[0]))
-    lm_head = int8_from_float(dequantize_gguf(head.tensor_type.name, head.data, shape), dtype)
-    return layers, lm_head
+    return layers

@@ -117,23 +117,36 @@ class ModelRunner:
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
         self._pending: list = []  # prefilled, not yet stacked: (cache, mask, request ids, lengths)
 
-    def quantize_from_gguf(self, path: str) -> str:
-        """Let decode steps of up to QUANT_ROWS rows multiply by the file's own 4-bit weights
-        (inference.quant); returns what it set up, or "" where it does not apply: no fast
-        decoder, not a bf16 CPU model (the fp32 kernel is slower than fp32 weights), or blocks
-        other than Q4_0/Q4_1."""
-        if self._decoder is None or self.device.type != "cpu" or self.dtype is not torch.bfloat16:
+    def quantize(self, kind: str = "auto", gguf_path: str | None = None) -> str:
+        """CHAT_QUANT: let decode steps of up to QUANT_ROWS rows multiply by quantized copies of
+        the weights (inference.quant.decoder_weights), where that is faster than what they
+        multiply by now: timed here, on one layer, at load (it depends on the CPU's kernels).
+        Returns what it set up, or why not; "" for `none`."""
+        if kind == "none":
             return ""
+        if self._decoder is None or self.device.type != "cpu":
+            return "no quantized path (it needs the Llama decoder on a CPU)"
+        # The kernels take bf16 or fp32 activations; an fp32 model's small steps are bf16 already
+        # where it has a bf16 copy, and int4 on fp32 activations is slow.
+        dtype = torch.bfloat16
         try:
-            weights = quant.llama_weights_from_gguf(path, self.model.config, self.dtype)
+            weights = quant.decoder_weights(self.model, kind, dtype, gguf_path)
         except Exception:
-            logger.exception("could not read the GGUF's quantized weights; decoding without them")
-            return ""
-        if weights is None:
-            return ""
-        layers, lm_head = weights
+            logger.exception("could not quantize the weights; decoding without")
+            return "no quantized path (the weights could not be read)"
+        layers, lm_head, what = weights
+        quantized_s, current_s = quant.step_seconds(layers[0], lm_head, self._decoder.small_step_weights(), dtype)
+        if quantized_s >= current_s:
+            return (f"no quantized path: on this CPU {what} is slower "
+                    f"({quantized_s * 1e3:.2f} ms against {current_s * 1e3:.2f} ms for a layer and the head)")
         self._decoder.use_quantized(layers, lm_head, rows=quant.QUANT_ROWS)
-        return f"steps of up to {quant.QUANT_ROWS} rows on int4 weights (lm_head int8)"
+        return (f"steps of up to {quant.QUANT_ROWS} rows quantized: {what} "
+                f"({quantized_s * 1e3:.2f} ms against {current_s * 1e3:.2f} ms for a layer and the head)")
+
+    @property
+    def quantized(self) -> bool:
+        """Whether small decode steps multiply by quantized weights."""
+        return self._decoder is not None and self._decoder.quantized_layers is not None
 
     @property
     def small_batch_dtype(self) -> torch.dtype | None:
