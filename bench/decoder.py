@@ -7,7 +7,11 @@ median and the range of the three runs' medians. In the dtype CHAT_DTYPE=auto pi
 a bf16 copy of the weights for small steps (`SMALL_BATCH_ROWS`), at 1–5 and 8 rows.
 
 `python -m bench.decoder --prepack`: `inference.decoder` with the model's own weights against
-the same with packed copies (`inference.decoder._pack`), at 1, 2, 4, 8, 16 and 32 rows."""
+the same with packed copies (`inference.decoder._pack`), at 1, 2, 4, 8, 16 and 32 rows.
+
+`python -m bench.decoder --quant`: the de-quantized weights against CHAT_QUANT=auto's
+quantized ones for every step (the crossover `inference.quant.QUANT_ROWS` comes from), at 1–8
+rows."""
 from __future__ import annotations
 
 import argparse
@@ -43,6 +47,7 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--small-batch", action="store_true")
     mode.add_argument("--prepack", action="store_true")
+    mode.add_argument("--quant", action="store_true")
     args = parser.parse_args()
     cpu = torch.device("cpu")
     row_counts = (1, 8, 32)
@@ -52,6 +57,16 @@ def main() -> None:
             for label, prepack in (("plain", False), ("prepacked", True))
         }
         row_counts = (1, 2, 4, 8, 16, 32)
+    elif args.quant:
+        source = resolve_model_source("")
+        runners = {}
+        for label, kind in (("de-quantized", "none"), ("quantized", "auto")):
+            runner = ModelRunner(load_model(source, dtype=pick_dtype(cpu)), cpu)
+            print(label, runner.quantize(kind, f"{source.path}/{source.gguf_file}"))
+            if runner.quantized:
+                runner._decoder.quantized_rows = 64  # every step, to find where it stops paying
+            runners[label] = runner
+        row_counts = (1, 2, 3, 4, 5, 6, 8)
     elif args.small_batch:
         runners = {
             label: ModelRunner(load_model(resolve_model_source(""), dtype=torch.float32), cpu, small_batch_dtype=small)

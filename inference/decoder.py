@@ -156,7 +156,7 @@ class LlamaDecoder:
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         q_size, qk_size = heads * dim, (heads + kv_heads) * dim
         layers, lm_head = self.layers, self.lm_head
-        if self.small_layers is not None:
+        if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
             layers, lm_head = self.small_layers, self.small_lm_head
         if self.quantized_layers is not None and rows <= self.quantized_rows:
             layers, lm_head = self.quantized_layers, self.quantized_lm_head

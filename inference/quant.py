@@ -31,9 +31,10 @@ import torch
 logger = logging.getLogger(__name__)
 
 GROUP = 32  # weights per GGUF block and per int4 group
-# Decode steps of up to this many rows use the quantized weights. Measured on a 2-core AMD
-# EPYC in bf16 (engine alone, 64 greedy tokens, alternated): 1 stream 29.1 → 38.1 tok/s with
-# the same text; 8 streams 193 → 181 tok/s. Between 2 and 7 rows it is not measured yet.
+# Decode steps of up to this many rows use the quantized weights: `python -m bench.decoder
+# --quant` (2-core AMD EPYC, bf16) gave 10.5 / 12.0 / 14.1 / 16.2 ms at 1–4 rows against
+# 22–24 ms de-quantized, and 28–29 against 26–30 ms at 5–8 rows, where the step is no longer
+# bound by reading the weights.
 QUANT_ROWS = 4
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
 
