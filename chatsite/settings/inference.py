@@ -10,7 +10,7 @@ INFERENCE_ENGINE = {
     "max_running": env_int("CHAT_MAX_RUNNING", 32),  # sequences in one worker's batch
     "max_kv_tokens": env_int("CHAT_MAX_KV_TOKENS", 65536),  # KV-cache tokens the batch may hold
     "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
-    "quant": env_str("CHAT_QUANT", "auto"),  # auto | int4 | none: small steps on the GGUF's 4-bit weights
+    "quant": env_str("CHAT_QUANT", "auto"),  # auto | int4 | int8 | none: small decode steps on quantized weights
 }
 # The id /v1/models lists and /v1/chat/completions accepts.
 CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (

@@ -178,3 +178,35 @@ def test_fp32_weights_are_not_packed(tiny_model_dir):
     model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
     runner = ModelRunner(model, torch.device("cpu"))
     assert not runner._decoder.prepacked and not runner._decoder.layers[0].qkv.is_mkldnn
+
+
+def test_quantized_steps_are_kept_only_where_the_load_time_check_finds_them_faster(tiny_model_dir, monkeypatch):
+    """A CPU whose quantized kernels are slower (torch's int4 without AVX-512, say) keeps the
+    weights it had, says why, and decodes as before; where faster, small steps switch and
+    larger ones do not."""
+    from inference import quant
+
+    def make():
+        return ModelRunner(load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32), torch.device("cpu"))
+
+    def step_logits(runner, rows):
+        runner.prefill({i: [5 + i, 6, 7] for i in range(rows)})
+        runner.commit()
+        logits = runner.decode([9 + i for i in range(rows)])
+        runner.clear()
+        return logits
+
+    plain = make()
+    monkeypatch.setattr(quant, "step_seconds", lambda *args: (2.0, 1.0))
+    slow = make()
+    said = slow.quantize("int8")
+    assert not slow.quantized and "slower" in said
+    assert torch.equal(step_logits(slow, 1), step_logits(plain, 1))
+    monkeypatch.setattr(quant, "step_seconds", lambda *args: (1.0, 2.0))
+    fast = make()
+    assert "int8 per channel" in fast.quantize("int8") and fast.quantized
+    assert not torch.equal(step_logits(fast, 1), step_logits(plain, 1))
+    torch.testing.assert_close(step_logits(fast, 1), step_logits(plain, 1), atol=0.1, rtol=0.1)
+    rows = quant.QUANT_ROWS + 1
+    assert torch.equal(step_logits(fast, rows), step_logits(plain, rows))
+    assert make().quantize("none") == ""
