@@ -13,10 +13,13 @@ multiplied by torch's own CPU kernels:
   scales of an fp32 step) they are exact, and m + 8d is rounded once to fp32; in bf16 (the
   kernel wants the activations' dtype) each is rounded to bf16, as the de-quantized bf16
   weights are.
+- **Q8_0 as two int4 halves** (`int4_from_q8_0`): the default model's lm_head (its token
+  embedding, tied) exactly, per-block scales kept, in one int4 product.
 - **int8 per output channel** (`torch._weight_int8pack_mm`) for every other source: fp16,
-  bf16 or fp32 weights, and GGUF's Q8_0 (blocks of 32 with their own scales, which one scale
-  per row cannot keep: those are re-rounded). The default model's token embedding is Q8_0
-  and tied to its lm_head, so one int8 matrix serves both.
+  bf16 or fp32 weights (re-rounded to one scale per row).
+
+`decoder_weights` picks among them for CHAT_QUANT; `ModelRunner.quantize` keeps them only
+where `step_seconds` finds them faster on the CPU at hand.
 """
 from __future__ import annotations
 
