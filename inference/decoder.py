@@ -90,6 +90,15 @@ class LlamaDecoder:
         self.quantized_layers, self.quantized_lm_head = quantized, (lm_head, self.lm_head[1])
         self.quantized_rows = rows
 
+    def _weights_for(self, rows: int) -> tuple[list, tuple]:
+        """The layers and lm_head a step of `rows` rows multiplies by: quantized up to
+        `quantized_rows`, else the small-batch copy up to SMALL_BATCH_ROWS, else the model's."""
+        if self.quantized_layers is not None and rows <= self.quantized_rows:
+            return self.quantized_layers, self.quantized_lm_head
+        if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
+            return self.small_layers, self.small_lm_head
+        return self.layers, self.lm_head
+
     def small_step_weights(self) -> tuple[_Layer, tuple]:
         """The first layer and the lm_head a one-row step multiplies by, quantized aside."""
         if self.small_layers is not None:
@@ -119,11 +128,7 @@ class LlamaDecoder:
         group = self.heads // self.kv_heads
         hidden = self.model.model.embed_tokens(tokens)  # [rows, 1, hidden]
         cos, sin = self.model.model.rotary_emb(hidden, positions)
-        layers, lm_head = self.layers, self.lm_head
-        if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
-            layers, lm_head = self.small_layers, self.small_lm_head
-        if self.quantized_layers is not None and rows <= self.quantized_rows:
-            layers, lm_head = self.quantized_layers, self.quantized_lm_head
+        layers, lm_head = self._weights_for(rows)
         last = layers[-1]
         for layer, layer_keys, layer_values in zip(layers, keys, values, strict=True):
             qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
@@ -155,11 +160,7 @@ class LlamaDecoder:
         rows = tokens.shape[0]
         heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
         q_size, qk_size = heads * dim, (heads + kv_heads) * dim
-        layers, lm_head = self.layers, self.lm_head
-        if self.small_layers is not None and rows <= SMALL_BATCH_ROWS:
-            layers, lm_head = self.small_layers, self.small_lm_head
-        if self.quantized_layers is not None and rows <= self.quantized_rows:
-            layers, lm_head = self.quantized_layers, self.quantized_lm_head
+        layers, lm_head = self._weights_for(rows)
         cos_table, sin_table = self.rotary_tables
         cos, sin = cos_table[positions], sin_table[positions]  # [rows, 1, head_dim]; sin's first half negated
         attend = mask[..., : column + 1]

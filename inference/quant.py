@@ -166,11 +166,17 @@ def int4_from_gguf(kind: str, data: np.ndarray, shape: tuple[int, int], dtype: t
                    row_order: torch.Tensor | None = None) -> Int4Weight:
     """A Q4_0 or Q4_1 tensor as torch int4 without re-rounding a code; `row_order` reorders its
     rows as the model's loader did (transformers un-permutes q and k)."""
+    return int4_from_codes(*_int4_parts(kind, data, shape, row_order), dtype)
+
+
+def _int4_parts(kind: str, data: np.ndarray, shape: tuple[int, int], row_order: torch.Tensor | None = None):
+    """A Q4_0 or Q4_1 tensor's codes, scales and zeros in the int4 kernel's terms
+    (w = (code − 8) × scale + zero), rows reordered by `row_order`."""
     codes, scale, minimum = gguf_blocks(kind, data, shape)
     zero = minimum + 8 * scale if kind == Q4_1 else torch.zeros_like(scale)
     if row_order is not None:
         codes, scale, zero = codes[row_order], scale[row_order], zero[row_order]
-    return int4_from_codes(codes, scale, zero, dtype)
+    return codes, scale, zero
 
 
 def dequantize_gguf(kind: str, data: np.ndarray, shape: tuple[int, int]) -> torch.Tensor:
@@ -198,7 +204,6 @@ def step_seconds(layer: dict, lm_head: QuantWeight, current, dtype: torch.dtype,
     from inference.decoder import _linear
 
     current_layer, current_head = current
-    names = (*MATRICES, "lm_head")
     quantized = [layer[name] for name in MATRICES] + [lm_head]
     plain = [getattr(current_layer, name) for name in MATRICES] + [current_head[0]]
     inputs = [torch.randn(1, weight.in_features, dtype=dtype) for weight in quantized]
@@ -206,7 +211,7 @@ def step_seconds(layer: dict, lm_head: QuantWeight, current, dtype: torch.dtype,
     for _ in range(repeats):
         for label, weights in (("quantized", quantized), ("current", plain)):
             started = time.perf_counter()
-            for x, weight, _name in zip(inputs, weights, names, strict=True):
+            for x, weight in zip(inputs, weights, strict=True):
                 _linear(x, weight, None)
             times[label].append(time.perf_counter() - started)
     return statistics.median(times["quantized"]), statistics.median(times["current"])
@@ -240,12 +245,11 @@ def decoder_weights(model, kind: str, dtype: torch.dtype, gguf_path: str | None 
         kind = "int4" if from_file else "int8"
     if from_file:
         layers, what = from_file, "int4 from the file's Q4 blocks as stored"
-    elif kind == "int4":
-        layers = [{name: int4_from_float(matrix, dtype) for name, matrix in matrices.items()} for matrices in _float_layers(model)]
-        what = "int4 re-rounded from the model's weights"
     else:
-        layers = [{name: int8_from_float(matrix, dtype) for name, matrix in matrices.items()} for matrices in _float_layers(model)]
-        what = "int8 per channel from the model's weights"
+        convert = int4_from_float if kind == "int4" else int8_from_float
+        layers = [{name: convert(matrix, dtype) for name, matrix in matrices.items()} for matrices in _float_layers(model)]
+        what = "int4 re-rounded" if kind == "int4" else "int8 per channel"
+        what += " from the model's weights"
     head = tensors.get("output.weight") or tensors.get("token_embd.weight")
     head_kind = head.tensor_type.name if head is not None else None
     if kind == "int4" and head_kind == Q8_0:
@@ -283,13 +287,8 @@ def _gguf_q4_layers(tensors: dict, config, dtype: torch.dtype) -> list[dict] | N
         tensor = tensors.get(name)
         if tensor is None or tensor.tensor_type.name not in (Q4_0, Q4_1):
             return None
-        kind = tensor.tensor_type.name
-        codes, scale, minimum = gguf_blocks(kind, tensor.data, _shape(tensor))
-        zero = minimum + 8 * scale if kind == Q4_1 else torch.zeros_like(scale)
-        if heads:
-            order = _row_order(codes.shape[0], heads)
-            codes, scale, zero = codes[order], scale[order], zero[order]
-        return codes, scale, zero
+        shape = _shape(tensor)
+        return _int4_parts(tensor.tensor_type.name, tensor.data, shape, _row_order(shape[0], heads) if heads else None)
 
     def stacked(*parts) -> Int4Weight | None:
         if any(part is None for part in parts):
