@@ -62,6 +62,16 @@ class Int4Weight:
         y = _int4_mm(x, self.packed, GROUP, self.scales_and_zeros)
         return y.reshape(*shape[:-1], self.out_features)
 
+    def rows_matmul(self, dtype: torch.dtype):
+        """`matmul` for 2-D rows of `dtype` as a bare kernel call (its checks made once, here);
+        None where rows of `dtype` need converting."""
+        if self.scales_and_zeros.dtype != dtype:
+            return None
+        packed, scales_and_zeros = self.packed, self.scales_and_zeros
+        if self.doubled:
+            return lambda x: _int4_mm(torch.cat([x, x], dim=-1), packed, GROUP, scales_and_zeros)
+        return lambda x: _int4_mm(x, packed, GROUP, scales_and_zeros)
+
     @property
     def nbytes(self) -> int:
         return self.packed.nbytes + self.scales_and_zeros.nbytes
@@ -80,6 +90,13 @@ class Int8Weight:
         shape = x.shape
         y = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(self.scales.dtype), self.codes, self.scales)
         return y.reshape(*shape[:-1], self.codes.shape[0])
+
+    def rows_matmul(self, dtype: torch.dtype):
+        """As Int4Weight.rows_matmul."""
+        if self.scales.dtype != dtype:
+            return None
+        codes, scales = self.codes, self.scales
+        return lambda x: torch._weight_int8pack_mm(x, codes, scales)
 
     @property
     def in_features(self) -> int:
