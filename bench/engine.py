@@ -218,7 +218,10 @@ def main() -> None:
     result["transformers_generate_batch_32_tok_s"] = baselines.generate_batch()
     print(f"    transformers generate_batch x32: {result['transformers_generate_batch_32_tok_s']:.1f} tok/s")
     engine = Engine.load(EngineConfig(max_running=32))
-    print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}")
+    time.sleep(IDLE_SETTLE_S)
+    result["rss_after_load_mb"] = rss_mb()
+    print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}; "
+          f"resident {result['rss_after_load_mb']:.0f} MB after load")
     http = None if args.skip_http else HttpBench()  # its own server, idle while the engine runs
     concurrent(engine, 2)  # warm-up
     result["engine"], result["http"] = {}, {}
@@ -253,7 +256,8 @@ def main() -> None:
     print(f"(c) plus ttft with 64 free waiting: {p['plus_ttft_s']:.3f} s; idle: {p['idle_ttft_s']:.3f} s ({p['plus_ttft_s'] / p['idle_ttft_s']:.2f}x)")
     result["rss_mb"] = memory(engine)
     r = result["rss_mb"]
-    print(f"(e) rss after 100 requests {r['100']:.0f} MB, after 1000 {r['1000']:.0f} MB ({(r['1000'] / r['100'] - 1) * 100:+.1f} %)")
+    print(f"(e) rss after load {result['rss_after_load_mb']:.0f} MB, after 100 requests {r['100']:.0f} MB, "
+          f"after 1000 {r['1000']:.0f} MB ({(r['1000'] / r['100'] - 1) * 100:+.1f} %)")
     engine.shutdown()
     result["machine"] = f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; {engine.runner.dtype}"
     result["kind"] = machine_kind(engine.runner.device.type, engine.runner.dtype)

@@ -9,9 +9,12 @@ columns at the end of every layer's KV and this step writes the new token's key 
 the next one, where a growing cache (`torch.cat`) copied all of it, every layer, every step
 (5 ms a step at batch 32 × 100 tokens, 16 ms at 300).
 
+Prefill (`LlamaDecoder.prefill`) is transformers' forward op for op, from the same weights
+as the steps: where those are packed copies, the model's own matrices can go (`drop_model_matrices`,
+−202 MB for the default model), so the packed copies cost no memory.
+
 Only models whose forward this reproduces (up to the order of bf16 rounding) are taken
-(`supports`); the runner runs any other model through transformers. Prefill, whose matmuls
-are large, stays with transformers.
+(`supports`); the runner runs any other model through transformers.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 # Where the CPU has no native bf16 (AVX2 only) the model runs in fp32; a decode step of a few
@@ -105,6 +109,74 @@ class LlamaDecoder:
         if self.small_layers is not None:
             return self.small_layers[0], self.small_lm_head
         return self.layers[0], self.lm_head
+
+    @torch.inference_mode()
+    def prefill(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """transformers' forward over prompts, from the step's own weights: input_ids and
+        positions [rows, tokens]; mask [rows, prefix + tokens], 1 for a real token, 0 for left
+        padding; `prefix` per layer (keys, values) [1 or rows, kv_heads, prefix, head_dim], the
+        KV of tokens before these (the shared prefix). Returns the last token's logits [rows,
+        vocab] and per layer the keys and values [rows, kv_heads, prefix + tokens, head_dim].
+
+        Where the step's weights are packed (`_pack`) this is what lets the model's own copies
+        go (`drop_model_matrices`). It is transformers' layer op for op: the model's RMSNorm and
+        rotary modules, `apply_rotary_pos_emb`, and transformers' SDPA attention with the mask
+        its `sdpa_mask` makes (none where nothing is padded or cached before)."""
+        rows, tokens = input_ids.shape
+        cached = mask.shape[1] - tokens
+        q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        hidden = self.model.model.embed_tokens(input_ids)
+        cos, sin = self.model.model.rotary_emb(hidden, positions)
+        attend = None
+        if cached or not bool(mask.all()):
+            columns = torch.arange(cached + tokens, device=mask.device)
+            causal = columns[None, :] <= (cached + torch.arange(tokens, device=mask.device))[:, None]
+            attend = causal[None, None] & mask.bool()[:, None, None, :]
+            # A padding token's query sees nothing: let it see everything, as `sdpa_mask` does,
+            # so that its (unused) output is a number, not NaN.
+            attend = attend | ~attend.any(dim=-1, keepdim=True)
+        keys, values = [], []
+        for index, (layer, module) in enumerate(zip(self.layers, self.model.model.layers, strict=True)):
+            qkv = _linear(layer.input_norm(hidden), layer.qkv, layer.qkv_bias)
+            query = qkv[..., :q_size].view(rows, tokens, self.heads, self.head_dim).transpose(1, 2)
+            key = qkv[..., q_size : q_size + kv_size].view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+            value = qkv[..., q_size + kv_size :].view(rows, tokens, self.kv_heads, self.head_dim).transpose(1, 2)
+            query, key = apply_rotary_pos_emb(query, key, cos, sin)
+            if prefix:
+                before_keys, before_values = prefix[index]
+                key = torch.cat([before_keys.expand(rows, -1, -1, -1), key], dim=2)
+                value = torch.cat([before_values.expand(rows, -1, -1, -1), value], dim=2)
+            else:
+                key, value = key.contiguous(), value.contiguous()
+            keys.append(key)
+            values.append(value)
+            attention, _ = sdpa_attention_forward(
+                module.self_attn, query, key, value, attend, scaling=module.self_attn.scaling
+            )
+            hidden = hidden + _linear(attention.reshape(rows, tokens, q_size), layer.o, layer.o_bias)
+            gate, up = _linear(layer.post_norm(hidden), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + _linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        hidden = self.model.model.norm(hidden[:, -1:])
+        return _linear(hidden, *self.lm_head)[:, -1], keys, values
+
+    def drop_model_matrices(self) -> bool:
+        """Free the model's own copies of the layers' matrices where every step and prefill
+        multiplies by packed ones (the embedding, tied to the lm_head, stays: tokens are looked
+        up in it). Afterwards the model can no longer run a forward pass of its own. Returns
+        whether anything was dropped."""
+        if not self.prepacked:
+            return False
+        empty = torch.empty(0, dtype=self.model.lm_head.weight.dtype, device=self.model.lm_head.weight.device)
+        for module in self.model.model.layers:
+            for linear in (*_attention_linears(module), *_mlp_linears(module)):
+                linear.weight = torch.nn.Parameter(empty, requires_grad=False)
+        return True
 
     @torch.inference_mode()
     def step(
@@ -317,8 +389,8 @@ def _pack(weight: torch.Tensor) -> torch.Tensor:
     """A copy of a Linear weight [out, in] in oneDNN's blocked layout, as torch.compile's CPU
     backend prepacks bf16 weights. Given a plain weight, oneDNN reorders it at every product;
     packed once, a decode step is 12–30 % shorter at 1–32 rows (`python -m bench.decoder
-    --prepack`). The copy costs the weights' memory again: the model's own stay for prefill
-    and the embedding."""
+    --prepack`). Once loading is done the model's own layer matrices go (`drop_model_matrices`);
+    the lm_head's copy stays beside the embedding it is tied to (57 MB for the default model)."""
     return torch.ops.mkldnn._reorder_linear_weight(weight.detach(), None)
 
 
@@ -330,6 +402,15 @@ def _packed(layers: list[_Layer], lm_head: tuple) -> tuple[list[_Layer], tuple]:
 
 class _Layer:
     __slots__ = ("down", "down_bias", "gate_up", "gate_up_bias", "input_norm", "o", "o_bias", "post_norm", "qkv", "qkv_bias")
+
+
+def _attention_linears(layer) -> tuple[torch.nn.Linear, ...]:
+    attention = layer.self_attn
+    return attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj
+
+
+def _mlp_linears(layer) -> tuple[torch.nn.Linear, ...]:
+    return layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj
 
 
 def _fuse(layer) -> _Layer:

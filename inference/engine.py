@@ -137,6 +137,7 @@ class Engine:
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
+        self.runner.drop_model_matrices()
         # Loading de-quantizes, stacks, packs and quantizes: about 240 MB of the default model's
         # temporaries would otherwise stay in glibc's heap, resident, for the process's life.
         self.runner.release_free_memory()

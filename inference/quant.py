@@ -225,6 +225,9 @@ def step_seconds(layer: dict, lm_head: QuantWeight, current, dtype: torch.dtype,
     plain = [getattr(current_layer, name) for name in MATRICES] + [current_head[0]]
     inputs = [torch.randn(1, weight.in_features, dtype=dtype) for weight in quantized]
     times: dict[str, list[float]] = {"quantized": [], "current": []}
+    for weights in (quantized, plain):  # first calls set up kernels and fault pages in: not timed
+        for x, weight in zip(inputs, weights, strict=True):
+            _linear(x, weight, None)
     for _ in range(repeats):
         for label, weights in (("quantized", quantized), ("current", plain)):
             started = time.perf_counter()

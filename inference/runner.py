@@ -4,7 +4,7 @@ runs forward passes over it.
 The running batch is one left-padded KV cache, a row per request. A request joins by a
 prefill of its own tokens whose KV is padded and stacked onto the batch (`prefill`, then
 `commit`); it leaves by dropping its row. Every decode step is one forward pass of
-[batch, 1] tokens: through `inference.decoder` for Llama-family models, which writes each new
+[batch, 1] tokens. Prefills and steps go through `inference.decoder` for Llama-family models, which writes each new
 key and value into spare columns kept at the end of every layer's KV (`SPARE_COLUMNS`), else
 through transformers, whose cache grows by a copy each step.
 """
@@ -115,7 +115,7 @@ class ModelRunner:
         self._padded = False  # whether any row has padding; without, the model needs no mask
         self._prefix: list[int] = []  # tokens whose KV is kept for every prompt that starts with them
         self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, [1, heads, prefix, dim]
-        self._pending: list = []  # prefilled, not yet stacked: (cache, mask, request ids, lengths)
+        self._pending: list = []  # prefilled, not yet stacked: (keys, values, mask, request ids, lengths)
 
     def quantize(self, kind: str = "auto", gguf_path: str | None = None) -> str:
         """CHAT_QUANT: let decode steps of up to QUANT_ROWS rows multiply by quantized copies of
@@ -143,6 +143,12 @@ class ModelRunner:
         return (f"steps of up to {quant.QUANT_ROWS} rows quantized: {what} "
                 f"({quantized_s * 1e3:.2f} ms against {current_s * 1e3:.2f} ms for a layer and the head)")
 
+    def drop_model_matrices(self) -> bool:
+        """Once loading is done (quantize reads the model's weights): where every decode step and
+        prefill multiplies by the decoder's packed copies, free the model's own layer matrices
+        (`inference.decoder.LlamaDecoder.drop_model_matrices`). Returns whether it did."""
+        return self._decoder is not None and self._decoder.drop_model_matrices()
+
     @property
     def quantized(self) -> bool:
         """Whether small decode steps multiply by quantized weights."""
@@ -167,10 +173,16 @@ class ModelRunner:
     def set_shared_prefix(self, token_ids: list[int]) -> None:
         """Compute once the KV of tokens most prompts begin with (the chat template's system
         part); prompts that begin with them skip that part of their prefill."""
-        cache = DynamicCache()
-        self.model(input_ids=torch.tensor([token_ids], device=self.device), cache=cache, use_cache=True, logits_to_keep=1)
+        input_ids = torch.tensor([token_ids], device=self.device)
+        if self._decoder is not None:
+            positions = torch.arange(len(token_ids), device=self.device)[None]
+            _, keys, values = self._decoder.prefill(input_ids, positions, torch.ones_like(input_ids))
+        else:
+            cache = DynamicCache()
+            self.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)
+            keys, values = [layer.keys for layer in cache.layers], [layer.values for layer in cache.layers]
         self._prefix = list(token_ids)
-        self._prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self._prefix_kv = list(zip(keys, values, strict=True))
 
     @torch.inference_mode()
     def prefill(self, sequences: dict[int, list[int]]) -> torch.Tensor:
@@ -198,6 +210,13 @@ class ModelRunner:
             input_ids[row, width - len(rest) :] = torch.tensor(rest)
             mask[row, skip + width - len(rest) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        pending = (mask.to(self.device), list(sequences), [len(t) for t in sequences.values()])
+        if self._decoder is not None:
+            logits, keys, values = self._decoder.prefill(
+                input_ids.to(self.device), positions.to(self.device), mask.to(self.device), self._prefix_kv if skip else None
+            )
+            self._pending.append((keys, values, *pending))
+            return logits
         cache = DynamicCache()
         if skip:
             cache = DynamicCache(
@@ -212,13 +231,13 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
-        self._pending.append((cache, mask.to(self.device), list(sequences), [len(t) for t in sequences.values()]))
+        self._pending.append(([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], *pending))
         return output.logits[:, -1]
 
     def commit(self) -> None:
         """Stack the KV of everything prefilled since the last commit onto the batch."""
-        for cache, mask, request_ids, lengths in self._pending:
-            self._stack(cache, mask)
+        for keys, values, mask, request_ids, lengths in self._pending:
+            self._stack(keys, values, mask)
             self.rows += request_ids
             self._lengths += lengths
         self._pending = []
@@ -286,16 +305,15 @@ class ModelRunner:
     def drop_pending(self, request_ids: set[int]) -> None:
         """Forget what was prefilled for these requests and not yet committed."""
         kept = []
-        for cache, mask, ids, lengths in self._pending:
+        for keys, values, mask, ids, lengths in self._pending:
             rows = [row for row, request_id in enumerate(ids) if request_id not in request_ids]
             if len(rows) < len(ids) and rows:
                 index = torch.tensor(rows, device=self.device)
-                cache = DynamicCache(ddp_cache_data=[
-                    (layer.keys.index_select(0, index), layer.values.index_select(0, index)) for layer in cache.layers
-                ])
+                keys = [layer_keys.index_select(0, index) for layer_keys in keys]
+                values = [layer_values.index_select(0, index) for layer_values in values]
                 mask, ids, lengths = mask.index_select(0, index), [ids[r] for r in rows], [lengths[r] for r in rows]
             if rows:
-                kept.append((cache, mask, ids, lengths))
+                kept.append((keys, values, mask, ids, lengths))
         self._pending = kept
 
     def clear(self) -> None:
@@ -303,20 +321,20 @@ class ModelRunner:
         self.rows, self._lengths, self._pending = [], [], []
         self._keys, self._values, self._mask, self._padded = None, None, None, False
 
-    def _stack(self, cache: DynamicCache, mask: torch.Tensor) -> None:
-        """Append the rows of a freshly prefilled `cache` to the batch, left-padding the
-        shorter of the two so that every row ends in the same column."""
+    def _stack(self, keys: list[torch.Tensor], values: list[torch.Tensor], mask: torch.Tensor) -> None:
+        """Append freshly prefilled rows (per layer keys and values) to the batch, left-padding
+        the shorter of the two so that every row ends in the same column."""
         if self._keys is None:
             width = mask.shape[1]
             self._mask = mask
-            self._keys = [self._lay_out([layer.keys], width) for layer in cache.layers]
-            self._values = [self._lay_out([layer.values], width) for layer in cache.layers]
+            self._keys = [self._lay_out([new], width) for new in keys]
+            self._values = [self._lay_out([new], width) for new in values]
         else:
             columns = self._mask.shape[1]
             width = max(columns, mask.shape[1])
             self._mask = torch.cat([_pad_left(self._mask, width, dim=1), _pad_left(mask, width, dim=1)])
-            self._keys = [self._lay_out([old[:, :, :columns], new.keys], width) for old, new in zip(self._keys, cache.layers, strict=True)]
-            self._values = [self._lay_out([old[:, :, :columns], new.values], width) for old, new in zip(self._values, cache.layers, strict=True)]
+            self._keys = [self._lay_out([old[:, :, :columns], new], width) for old, new in zip(self._keys, keys, strict=True)]
+            self._values = [self._lay_out([old[:, :, :columns], new], width) for old, new in zip(self._values, values, strict=True)]
         self._padded = not bool(self._mask.all())
 
     def _each_kv(self, relayout) -> None:

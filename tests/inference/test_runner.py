@@ -147,8 +147,9 @@ def test_steps_of_few_rows_multiply_by_the_bf16_copy_and_larger_ones_by_the_mode
 
 @pytest.mark.skipif(not can_prepack(torch.bfloat16, torch.device("cpu")), reason="oneDNN computes no bf16 on this CPU")
 def test_bf16_steps_multiply_by_packed_copies_of_the_weights_with_the_same_results(tiny_model_dir):
-    """Where oneDNN computes bf16, a bf16 model's decode steps use weights packed in its own
-    layout; the logits are those of the plain weights, at every step and row count."""
+    """Where oneDNN computes bf16, a bf16 model's prefill and decode steps use weights packed in
+    its own layout, and the model's own layer matrices are freed; the logits are those of the
+    plain weights, at every step and row count, with and without the shared prefix."""
     def make(prepack):
         model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.bfloat16)
         return ModelRunner(model, torch.device("cpu"), prepack=prepack)
@@ -157,15 +158,24 @@ def test_bf16_steps_multiply_by_packed_copies_of_the_weights_with_the_same_resul
     assert automatic._decoder.prepacked and automatic._decoder.layers[0].qkv.is_mkldnn
     assert automatic._decoder.lm_head[0].is_mkldnn
     assert not plain._decoder.prepacked and not plain._decoder.layers[0].qkv.is_mkldnn
-    assert not any(parameter.is_mkldnn for parameter in automatic.model.parameters())  # prefill's own
+    assert not plain.drop_model_matrices()
+    before = sum(parameter.numel() for parameter in automatic.model.parameters())
+    assert automatic.drop_model_matrices()
+    layer = automatic.model.model.layers[0]
+    assert layer.self_attn.q_proj.weight.numel() == 0 and layer.mlp.down_proj.weight.numel() == 0
+    kept = automatic.model.model.embed_tokens.weight.numel() + sum(
+        norm.weight.numel() for norm in automatic.model.modules() if type(norm).__name__ == "LlamaRMSNorm"
+    )
+    assert sum(parameter.numel() for parameter in automatic.model.parameters()) == kept < before
+    for runner in (automatic, plain):
+        runner.set_shared_prefix([5, 6])
     for rows in (1, 3, 8):
         prompts = {i: [5 + i, 6, 7 + 2 * i, 8][: 2 + i % 3] for i in range(rows)}
         logits = {}
         for label, runner in (("packed", automatic), ("plain", plain)):
-            runner.prefill(prompts)
+            steps = [runner.prefill(prompts)]
             runner.commit()
             tokens = [9 + i for i in range(rows)]
-            steps = []
             for _ in range(3):
                 steps.append(runner.decode(tokens))
                 tokens = steps[-1].float().argmax(-1).tolist()
