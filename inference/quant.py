@@ -35,9 +35,9 @@ logger = logging.getLogger(__name__)
 
 GROUP = 32  # weights per GGUF block and per int4 group
 # Decode steps of up to this many rows use the quantized weights: `python -m bench.decoder
-# --quant` (2-core AMD EPYC, bf16) gave 10.5 / 12.0 / 14.1 / 16.2 ms at 1–4 rows against
-# 22–24 ms de-quantized, and 28–29 against 26–30 ms at 5–8 rows, where the step is no longer
-# bound by reading the weights.
+# --quant` (2-core AMD EPYC, bf16) gave 8.6 / 11.6 / 13.5 / 15.7 ms at 1–4 rows against
+# 18.6–20.5 ms de-quantized, and 28.8–31.0 against 24.2–29.1 ms at 5–8 rows, where the step
+# is no longer bound by reading the weights.
 QUANT_ROWS = 4
 Q4_0, Q4_1, Q8_0 = "Q4_0", "Q4_1", "Q8_0"
 
