@@ -24,7 +24,7 @@ from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.quant import KINDS as QUANT_KINDS
 from inference.requests import Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
-from inference.sampling import SamplingParams, greedy_batch, make_generator, sample
+from inference.sampling import SamplingParams, greedy_batch, make_generator, sample, sample_batch
 from inference.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)
@@ -346,27 +346,33 @@ class Engine:
                 )
 
     def _accept_all(self, requests: list[Request], logits: torch.Tensor) -> list[Request]:
-        """Sample one token for each request from its row of `logits`; return those now done.
-        Plain greedy rows are decided together in one argmax over the batch."""
+        """Choose one token for each request from its row of `logits`; return those now done.
+        Plain greedy rows are decided together in one argmax over the batch, the others in one
+        batched draw (`sample_batch`); a failure there is retried row by row, where it is one
+        request's."""
         plain = [_plain_greedy(request) for request in requests]
-        greedy_tokens = [None] * len(requests)
-        if any(plain):
-            rows = [row for row, is_plain in enumerate(plain) if is_plain]
+        choices: list[tuple[int, float] | None] = [None] * len(requests)
+        for is_plain in (True, False):
+            rows = [row for row, flag in enumerate(plain) if flag is is_plain]
+            if not rows:
+                continue
+            part = logits[rows] if len(rows) < len(requests) else logits
             try:
-                tokens = greedy_batch(
-                    logits[rows] if len(rows) < len(requests) else logits,
-                    [not self._may_end(requests[row]) for row in rows],
-                    self.eos_token_ids,
-                )
-            except Exception:  # decided row by row below, where a failure is one request's
-                logger.exception("batched greedy choice failed; choosing row by row")
-            else:
-                for row, token in zip(rows, tokens, strict=True):
-                    greedy_tokens[row] = token
+                if is_plain:
+                    tokens = greedy_batch(part, [not self._may_end(requests[row]) for row in rows], self.eos_token_ids)
+                    chosen = [(token, 0.0) for token in tokens]  # only best-of candidates need log-probabilities
+                else:
+                    chosen = self._sample_rows([requests[row] for row in rows], part)
+            except Exception:  # decided row by row below
+                logger.exception("choosing tokens for the batch failed; choosing row by row")
+                continue
+            for row, choice in zip(rows, chosen, strict=True):
+                choices[row] = choice
         finished = []
         for row, request in enumerate(requests):
             try:
-                if self._accept(request, logits[row], greedy_tokens[row]):
+                token, logprob = choices[row] or self._sample_row(request, logits[row])
+                if self._accept(request, token, logprob):
                     finished.append(request)
             except Exception:  # one request's bad numbers must not end the others
                 logger.exception("request %s failed while choosing its next token", request.id)
@@ -374,25 +380,40 @@ class Engine:
                 finished.append(request)
         return finished
 
+    def _sample_rows(self, requests: list[Request], logits: torch.Tensor) -> list[tuple[int, float] | None]:
+        """`sample_batch` for these requests; None for a row whose numbers are not finite (it
+        is then sampled alone, which fails it)."""
+        tokens, logprobs, finite = sample_batch(
+            logits,
+            [request.params for request in requests],
+            [self._states[request.id].generator for request in requests],
+            seen_tokens=[
+                request.prompt_ids + request.output_ids if request.params.repetition_penalty != 1.0 else []
+                for request in requests
+            ],
+            ban_rows=[not self._may_end(request) for request in requests],
+            banned_tokens=self.eos_token_ids,
+        )
+        return [(token, logprob) if ok else None for token, logprob, ok in zip(tokens, logprobs, finite, strict=True)]
+
+    def _sample_row(self, request: Request, logits: torch.Tensor) -> tuple[int, float]:
+        params = request.params
+        return sample(
+            logits,
+            params,
+            self._states[request.id].generator,
+            seen_tokens=request.prompt_ids + request.output_ids if params.repetition_penalty != 1.0 else (),
+            banned_tokens=frozenset() if self._may_end(request) else self.eos_token_ids,
+        )
+
     @staticmethod
     def _may_end(request: Request) -> bool:
         return not request.params.ignore_eos and len(request.output_ids) >= request.params.min_tokens
 
-    def _accept(self, request: Request, logits: torch.Tensor, greedy_token: int | None) -> bool:
+    def _accept(self, request: Request, token: int, logprob: float) -> bool:
         params, state = request.params, self._states[request.id]
-        may_end = self._may_end(request)
-        if greedy_token is not None:
-            token, logprob = greedy_token, 0.0  # only best-of-n candidates need log-probabilities
-        else:
-            token, logprob = sample(
-                logits,
-                params,
-                state.generator,
-                seen_tokens=request.prompt_ids + request.output_ids if params.repetition_penalty != 1.0 else (),
-                banned_tokens=frozenset() if may_end else self.eos_token_ids,
-            )
         now = time.time()
-        if token in self.eos_token_ids and may_end:
+        if token in self.eos_token_ids and self._may_end(request):
             return self._finish_text(request, state, "eos")
         if state.first_token_time is None:
             state.first_token_time = now

@@ -140,3 +140,75 @@ def greedy_batch(logits: torch.Tensor, ban_rows: list[bool], banned_tokens: set[
         rows = torch.tensor([row for row, ban in enumerate(ban_rows) if ban])
         logits[rows.unsqueeze(1), torch.tensor(sorted(banned_tokens)).unsqueeze(0)] = float("-inf")
     return logits.float().argmax(dim=-1).tolist()
+
+
+def sample_batch(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    generators: list[torch.Generator | None],
+    *,
+    seen_tokens: list[list[int]],
+    ban_rows: list[bool],
+    banned_tokens: set[int],
+) -> tuple[list[int], list[float], list[bool]]:
+    """`sample` for every row of `logits` [rows, vocab] at once, on the logits' device: one
+    pass of tensor ops over the batch whatever each row asks for, and only the chosen ids,
+    their log-probabilities and a per-row "finite" flag copied back. Row r follows
+    `params[r]`, penalises `seen_tokens[r]` and, where `ban_rows[r]`, may not pick
+    `banned_tokens`; `generators[r]` (a seeded request's) draws row r's randomness, None: the
+    global generator. A row whose probabilities are not finite gets token 0 and False.
+    Its choices follow the same distribution as `sample`'s, not the same draws for a seed."""
+    rows, vocab = logits.shape
+    device = logits.device
+    logits = logits.to(torch.float32, copy=True)
+    penalty = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]
+    penalised = [row for row in range(rows) if params[row].repetition_penalty != 1.0 and seen_tokens[row]]
+    if penalised:
+        width = max(len(seen_tokens[row]) for row in penalised)
+        # Rows are padded with their own first token: scattering it twice marks it once.
+        index = torch.tensor([
+            seen_tokens[row] + [seen_tokens[row][0]] * (width - len(seen_tokens[row])) for row in penalised
+        ], device=device)
+        seen = torch.zeros((len(penalised), vocab), dtype=torch.bool, device=device).scatter_(1, index, True)
+        chosen = torch.tensor(penalised, device=device)
+        part, row_penalty = logits[chosen], penalty[chosen]
+        penalised_part = torch.where(part > 0, part / row_penalty, part * row_penalty)
+        logits[chosen] = torch.where(seen, penalised_part, part)
+    if banned_tokens and any(ban_rows):
+        banned = torch.zeros(vocab, dtype=torch.bool, device=device)
+        banned[torch.tensor(sorted(banned_tokens), device=device)] = True
+        logits.masked_fill_(torch.tensor(ban_rows, device=device)[:, None] & banned[None, :], float("-inf"))
+    log_probabilities = torch.log_softmax(logits, dim=-1)
+    greedy = torch.tensor([p.greedy for p in params], device=device)
+    temperature = torch.tensor([1.0 if p.greedy else p.temperature for p in params], device=device)[:, None]
+    scaled = logits / temperature
+    top_k = [p.top_k if p.top_k and not p.greedy else 0 for p in params]
+    top_p = [p.top_p if not p.greedy else 1.0 for p in params]
+    if any(top_k) or any(p < 1.0 for p in top_p):
+        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
+        k = torch.tensor([min(k, vocab) if k else vocab for k in top_k], device=device)[:, None]
+        kth_largest = sorted_logits.gather(1, k - 1)
+        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth_largest, float("-inf"))
+        sorted_probabilities = torch.softmax(sorted_logits, dim=-1)
+        # Drop a token when the ones before it already reach top_p; the first always stays.
+        p = torch.tensor(top_p, device=device)[:, None]
+        drop = ((sorted_probabilities.cumsum(dim=-1) - sorted_probabilities) >= p) & (p < 1.0)
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        scaled = torch.empty_like(scaled).scatter_(1, order, sorted_logits)
+    probabilities = torch.softmax(scaled, dim=-1)
+    finite = torch.isfinite(probabilities).all(dim=-1) | greedy
+    # Inverse transform: one uniform number per row, the first token whose cumulative
+    # probability passes it (a token of probability 0 never does). A seeded row draws its
+    # number from its own generator, so its tokens do not depend on the rest of the batch.
+    uniform = torch.rand((rows, 1), device=device)
+    for row, generator in enumerate(generators):
+        if generator is not None and not params[row].greedy:
+            uniform[row] = torch.rand(1, generator=generator, device=generator.device).to(device)
+    cumulative = probabilities.nan_to_num_(nan=0.0).cumsum_(dim=-1)
+    sampled = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=vocab - 1)[:, 0]
+    tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    tokens = torch.where(finite, tokens, 0)
+    picked = log_probabilities.gather(1, tokens[:, None])[:, 0]
+    # One copy back for the three: ids are exact in float64.
+    ids, logprobs, ok = torch.stack([tokens.double(), picked.double(), finite.double()]).tolist()
+    return [int(i) for i in ids], logprobs, [bool(flag) for flag in ok]

@@ -95,7 +95,8 @@ def slow_engine(tiny_engine_config):
 
 @pytest.fixture
 def sampling_fails_for_seed(monkeypatch):
-    """The engine's sampler raises, as it did on NaN probabilities, for requests with this seed."""
+    """The engine's samplers raise, as they did on NaN probabilities, for requests with this
+    seed: the batched one for any batch holding one, the per-row one for that row."""
     from inference import engine as engine_module
 
     doomed_seed = 666
@@ -106,5 +107,13 @@ def sampling_fails_for_seed(monkeypatch):
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
         return real_sample(logits, params, *args, **kwargs)
 
+    real_sample_batch = engine_module.sample_batch
+
+    def sample_batch(logits, params, *args, **kwargs):
+        if any(p.seed == doomed_seed for p in params):
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return real_sample_batch(logits, params, *args, **kwargs)
+
     monkeypatch.setattr(engine_module, "sample", sample)
+    monkeypatch.setattr(engine_module, "sample_batch", sample_batch)
     return doomed_seed

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from inference.sampling import SamplingParams, make_generator, sample
+from inference.sampling import SamplingParams, make_generator, sample, sample_batch
 
 
 def pick(logits, params, seed=0, **kwargs):
@@ -117,3 +117,77 @@ def test_best_of_candidate_seeds_stay_within_the_generators_range():
 def test_logits_that_give_no_finite_probabilities_raise_instead_of_sampling_garbage():
     with pytest.raises(ValueError, match="not finite"):
         pick(torch.tensor([float("nan"), 1.0, 2.0]), SamplingParams(temperature=1.0))
+
+
+def draw_batch(logits, params, seeds=None, **kwargs):
+    rows = logits.shape[0]
+    seeds = seeds or [None] * rows
+    generators = [None if seed is None else make_generator(seed) for seed in seeds]
+    defaults = {"seen_tokens": [[] for _ in range(rows)], "ban_rows": [False] * rows, "banned_tokens": set()}
+    return sample_batch(logits, params, generators, **{**defaults, **kwargs})
+
+
+def test_a_batch_decides_each_row_by_its_own_parameters():
+    """Greedy, penalised, banned, top-k 1 and top-p rows in one call: each gets what `sample`
+    gives that row alone, and its log-probability under the unmodified model."""
+    base = torch.tensor([2.0, 1.9, -1.0, 0.5])
+    logits = base.repeat(5, 1)
+    params = [
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=0, repetition_penalty=1.2),
+        SamplingParams(temperature=0),
+        SamplingParams(temperature=1.5, top_k=1),
+        SamplingParams(temperature=1.0, top_p=0.3),
+    ]
+    seen = [[], [0], [], [], []]
+    ban = [False, False, True, False, False]
+    tokens, logprobs, finite = draw_batch(logits, params, seen_tokens=seen, ban_rows=ban, banned_tokens={0})
+    assert tokens == [0, 1, 1, 0, 0]
+    assert finite == [True] * 5
+    for row in range(5):
+        alone = sample(logits[row], params[row], make_generator(0), seen_tokens=seen[row],
+                       banned_tokens={0} if ban[row] else frozenset())
+        assert alone[0] == tokens[row]
+        assert logprobs[row] == pytest.approx(alone[1], abs=1e-6)
+
+
+def test_batched_draws_follow_the_rows_probabilities_and_truncation():
+    """4,000 draws of three rows: plain temperature sampling matches the softmax within a few
+    standard errors, top-k 2 and top-p 0.7 never leave their sets."""
+    probabilities = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = torch.log(probabilities).repeat(3, 1)
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=1.0, top_k=2),
+              SamplingParams(temperature=1.0, top_p=0.7)]
+    counts = torch.zeros(3, 4)
+    for seed in range(4000):
+        tokens, _, _ = draw_batch(logits, params, seeds=[seed, seed + 1, seed + 2])
+        counts[torch.arange(3), torch.tensor(tokens)] += 1
+    frequencies = counts[0] / 4000
+    assert torch.all((frequencies - probabilities).abs() < 4 * torch.sqrt(probabilities * (1 - probabilities) / 4000))
+    assert counts[1, 2:].sum() == 0 and counts[1, :2].min() > 0
+    assert counts[2, 2:].sum() == 0 and counts[2, :2].min() > 0  # 0.5 + 0.3 reaches 0.7
+
+
+def test_a_seeded_row_draws_the_same_tokens_whatever_else_is_in_the_batch():
+    logits = torch.zeros(3, 1000)
+    params = [SamplingParams(temperature=1.0, seed=7)] * 3
+
+    def tokens(seeds, rows):
+        generators = {seed: make_generator(seed) for seed in seeds}
+        draws = []
+        for _ in range(10):
+            draws.append(sample_batch(
+                logits[:rows], params[:rows], [generators[seed] for seed in seeds],
+                seen_tokens=[[]] * rows, ban_rows=[False] * rows, banned_tokens=set(),
+            )[0][0])
+        return draws
+
+    assert tokens([7], 1) == tokens([7, 8, 9], 3)
+    assert tokens([7], 1) != tokens([8], 1)
+
+
+def test_a_row_without_finite_probabilities_is_flagged_and_the_others_are_not_touched():
+    logits = torch.tensor([[float("nan"), 1.0, 2.0], [0.0, 5.0, 1.0]])
+    tokens, _, finite = draw_batch(logits, [SamplingParams(temperature=1.0), SamplingParams(temperature=0)])
+    assert finite == [False, True]
+    assert tokens[1] == 1
