@@ -210,10 +210,11 @@ class ModelRunner:
             input_ids[row, width - len(rest) :] = torch.tensor(rest)
             mask[row, skip + width - len(rest) :] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
-        pending = (mask.to(self.device), list(sequences), [len(t) for t in sequences.values()])
+        mask = mask.to(self.device)
+        pending = (mask, list(sequences), [len(t) for t in sequences.values()])
         if self._decoder is not None:
             logits, keys, values = self._decoder.prefill(
-                input_ids.to(self.device), positions.to(self.device), mask.to(self.device), self._prefix_kv if skip else None
+                input_ids.to(self.device), positions.to(self.device), mask, self._prefix_kv if skip else None
             )
             self._pending.append((keys, values, *pending))
             return logits
@@ -225,7 +226,7 @@ class ModelRunner:
             )
         output = self.model(
             input_ids=input_ids.to(self.device),
-            attention_mask=mask.to(self.device),
+            attention_mask=mask,
             position_ids=positions.to(self.device),
             cache=cache,
             use_cache=True,

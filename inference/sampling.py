@@ -100,35 +100,15 @@ def sample(
     banned_tokens: set[int] = frozenset(),
 ) -> tuple[int, float]:
     """Pick the next token from `logits` [vocab]; return it with its log-probability under the
-    model (before temperature and truncation), which best-of-n ranks by."""
-    # A float32 CPU copy: the generator lives on the CPU, bf16 softmax loses the tail, and the
-    # penalties below edit it in place.
-    logits = logits.to(device="cpu", dtype=torch.float32, copy=True)
-    if params.repetition_penalty != 1.0 and seen_tokens:
-        seen = torch.tensor(sorted(set(seen_tokens)))
-        scores = logits[seen]
-        logits[seen] = torch.where(scores > 0, scores / params.repetition_penalty, scores * params.repetition_penalty)
-    if banned_tokens:
-        logits[list(banned_tokens)] = float("-inf")
-    log_probabilities = torch.log_softmax(logits, dim=-1)
-    if params.greedy:
-        token = int(torch.argmax(logits))
-        return token, float(log_probabilities[token])
-    logits = logits / params.temperature
-    if params.top_k:
-        kth_largest = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth_largest, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        sorted_probabilities = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the ones before it already reach top_p; the first always stays.
-        drop_sorted = (sorted_probabilities.cumsum(dim=-1) - sorted_probabilities) >= params.top_p
-        logits[order[drop_sorted]] = float("-inf")
-    probabilities = torch.softmax(logits, dim=-1)
-    if not bool(torch.isfinite(probabilities).all()):
+    model (before temperature and truncation), which best-of-n ranks by. `sample_batch` for
+    one row; raises where the logits give no finite probabilities."""
+    tokens, logprobs, finite = sample_batch(
+        logits[None], [params], [generator],
+        seen_tokens=[list(seen_tokens)], ban_rows=[bool(banned_tokens)], banned_tokens=set(banned_tokens),
+    )
+    if not finite[0]:
         raise ValueError("the logits gave probabilities that are not finite")
-    token = int(torch.multinomial(probabilities, num_samples=1, generator=generator))
-    return token, float(log_probabilities[token])
+    return tokens[0], logprobs[0]
 
 
 def greedy_batch(logits: torch.Tensor, ban_rows: list[bool], banned_tokens: set[int]) -> list[int]:
@@ -151,15 +131,16 @@ def sample_batch(
     ban_rows: list[bool],
     banned_tokens: set[int],
 ) -> tuple[list[int], list[float], list[bool]]:
-    """`sample` for every row of `logits` [rows, vocab] at once, on the logits' device: one
+    """The next token of every row of `logits` [rows, vocab] at once, on the logits' device: one
     pass of tensor ops over the batch whatever each row asks for, and only the chosen ids,
     their log-probabilities and a per-row "finite" flag copied back. Row r follows
     `params[r]`, penalises `seen_tokens[r]` and, where `ban_rows[r]`, may not pick
     `banned_tokens`; `generators[r]` (a seeded request's) draws row r's randomness, None: the
     global generator. A row whose probabilities are not finite gets token 0 and False.
-    Its choices follow the same distribution as `sample`'s, not the same draws for a seed."""
+    Penalties and bans apply before the log-probabilities, temperature and truncation after."""
     rows, vocab = logits.shape
     device = logits.device
+    # A float32 copy: bf16 softmax loses the tail, and the penalties below edit it in place.
     logits = logits.to(torch.float32, copy=True)
     penalty = torch.tensor([p.repetition_penalty for p in params], device=device)[:, None]
     penalised = [row for row in range(rows) if params[row].repetition_penalty != 1.0 and seen_tokens[row]]
