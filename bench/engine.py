@@ -134,18 +134,19 @@ def concurrent(engine: Engine, n: int, *, offset: int = 0, gap_s: float = 0.0) -
     }
 
 
-def priority(engine: Engine) -> dict:
-    """(c) a Plus request's time to first token with 64 Free requests queued, against idle.
-    Plus requests arrive after random pauses: a fixed pause locks onto the engine's step
-    rhythm and always lands at the same point of a step."""
+def priority(engine: Engine, free_requests: int = 64, free_tokens: int = NEW_TOKENS) -> dict:
+    """(c) a Plus request's time to first token with `free_requests` Free requests queued
+    (more than the batch holds, so some wait), against idle. Plus requests arrive after random
+    pauses: a fixed pause locks onto the engine's step rhythm and always lands at the same
+    point of a step."""
     plus_ids = prompt_ids(engine, 5)
     pauses = random.Random(0)
     idle = []
     for _ in range(PRIORITY_SAMPLES):
         idle.append(finish_of(engine.submit(plus_ids, greedy(4), priority=10)).usage.ttft_s)
         time.sleep(pauses.uniform(0.05, 0.3))
-    free = [engine.submit(prompt_ids(engine, i), greedy(NEW_TOKENS), priority=0) for i in range(64)]
-    while sum(1 for r in free if r.output_ids) < engine.config.max_running // 2:  # the batch is decoding
+    free = [engine.submit(prompt_ids(engine, i), greedy(free_tokens), priority=0) for i in range(free_requests)]
+    while sum(1 for r in free if r.output_ids) < min(free_requests, engine.config.max_running) // 2:  # the batch is decoding
         time.sleep(0.01)
     loaded = []
     for _ in range(PRIORITY_SAMPLES):
@@ -155,7 +156,9 @@ def priority(engine: Engine) -> dict:
         request.cancel()
     for request in free:
         finish_of(request)
-    return {"plus_ttft_s": statistics.median(loaded), "idle_ttft_s": statistics.median(idle), "free_waiting": 64}
+    waiting = max(0, free_requests - engine.config.max_running)
+    return {"plus_ttft_s": statistics.median(loaded), "idle_ttft_s": statistics.median(idle),
+            "free_requests": free_requests, "free_waiting": waiting}
 
 
 def _median(runs: list[dict]) -> dict:
@@ -262,8 +265,13 @@ def main() -> None:
     result["machine"] = f"{cpu_model()}, {os.cpu_count()} cores; torch {torch.__version__}; {engine.runner.dtype}"
     result["kind"] = machine_kind(engine.runner.device.type, engine.runner.dtype)
     result["date"] = datetime.date.today().isoformat()
+    write_result(result, args.name or f"{result['kind']}-{result['date']}")
+
+
+def write_result(result: dict, name: str) -> None:
+    """bench/results/<name>.json (an absolute `name` is written where it says)."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{args.name or result['kind'] + '-' + result['date']}.json"
+    path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -147,35 +148,41 @@ class HttpBench:
                 await asyncio.sleep(0.5)
         raise RuntimeError("the benchmark server did not start")
 
-    async def _one(self, model: str, n: int) -> int:
+    async def _one(self, model: str, n: int) -> tuple[int, float]:
+        """One streamed request: its completion tokens, and the seconds until the first piece
+        of its answer arrived."""
         body = {
             "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": NEW_TOKENS,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
         }
-        tokens, tail = 0, b""
+        tokens, tail, first = 0, b"", None
+        started = time.perf_counter()
         async for piece in self._request("POST", "/v1/chat/completions", json.dumps(body).encode()):
+            if first is None and b'"content"' in piece:
+                first = time.perf_counter() - started
             lines = (tail + piece).split(b"\n")
             tail = lines.pop()
             for line in lines:
                 if b'"usage"' in line:  # the last chunk (include_usage): only this one is parsed
                     tokens = json.loads(line[len(b"data: "):])["usage"]["completion_tokens"]
-        return tokens
+        return tokens, first if first is not None else time.perf_counter() - started
 
     def run(self, n: int) -> dict:
-        """n concurrent streams; aggregate completion tokens per second, and the CPU seconds the
+        """n concurrent streams; aggregate completion tokens per second, the median time to the
+        first piece of an answer, and the CPU seconds the
         server spent meanwhile: `torch_cpu_s` in its two busiest threads (the engine's torch
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
         distributed mode only the web process is counted."""
         async def wave():
             started = time.perf_counter()
-            tokens = sum(await asyncio.gather(*(self._one(self.model, i) for i in range(n))))
-            return tokens / (time.perf_counter() - started)
+            answers = await asyncio.gather(*(self._one(self.model, i) for i in range(n)))
+            return sum(tokens for tokens, _ in answers) / (time.perf_counter() - started), [ttft for _, ttft in answers]
 
         before = _server_thread_cpu_s(self._server.pid)
-        tok_s = self._loop.run_until_complete(wave())
+        tok_s, ttfts = self._loop.run_until_complete(wave())
         after = _server_thread_cpu_s(self._server.pid)
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
-        return {"tok_s": tok_s, "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
+        return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
 
     @staticmethod
     def _create_database() -> str:

@@ -19,6 +19,8 @@ import torch
 
 from inference.decoder import SMALL_BATCH_ROWS
 from inference.detokenize import IncrementalDetokenizer
+from inference.gpu_runner import GpuRunner
+from inference.gpu_runner import supports as gpu_runner_supports
 from inference.loading import load_model, load_tokenizer, resolve_model_source
 from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.quant import KINDS as QUANT_KINDS
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking again
 RELEASE_EVERY_S = 10.0  # while busy, how often freed KV memory is handed back to the system
 ENGINE_ERROR = "error: internal engine error"  # the finish reason of a request the engine failed
+RUNNERS = ("auto", "cpu", "gpu")
 
 
 class EngineShuttingDown(RuntimeError):
@@ -50,6 +53,13 @@ class EngineConfig:
     prefix_cache: bool = True  # reuse the KV of the chat template's shared opening
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
     quant: str = "auto"  # auto | int4 | int8 | none: small decode steps on quantized weights (inference.quant)
+    # auto | cpu | gpu: the runner (inference.runner, inference.gpu_runner); auto takes the GPU
+    # runner on CUDA where the model is one it can step. `gpu` on a CPU runs it without CUDA graphs.
+    runner: str = "auto"
+    # Prompt tokens prefilled per step where the runner can prefill a prompt in parts (the GPU
+    # runner): a longer prompt, or more newcomers than this at once, are prefilled over
+    # several steps, so running streams wait at most this many tokens' prefill for their next token.
+    prefill_tokens: int = 2048
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -58,6 +68,10 @@ class EngineConfig:
             raise ValueError("max_kv_tokens must be at least 1")
         if self.quant not in QUANT_KINDS:
             raise ValueError(f"quant must be one of {', '.join(QUANT_KINDS)}")
+        if self.prefill_tokens < 1:
+            raise ValueError("prefill_tokens must be at least 1")
+        if self.runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}")
 
 
 @dataclass
@@ -105,6 +119,8 @@ class Engine:
         self._last_release = time.monotonic()
         self._urgent = threading.Event()  # a waiting request outranks a running one
         self._early: set[int] = set()  # ids prefilled between layers, not yet in the batch
+        # Admitted, their prompt not yet wholly prefilled (`_prefill`): id → (request, tokens in its slot).
+        self._prefilling: dict[int, tuple[Request, int]] = {}
         self._interjected_s = 0.0  # of the step under way, spent on those prefills
         self._load_error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
@@ -125,11 +141,13 @@ class Engine:
         dtype = pick_dtype(device, config.dtype)
         started = time.perf_counter()
         self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
-        self.runner = ModelRunner(
-            load_model(source, dtype=dtype, allow_download=config.allow_download),
-            device,
-            small_batch_dtype=pick_small_batch_dtype(device, config.dtype),
-        )
+        model = load_model(source, dtype=dtype, allow_download=config.allow_download)
+        if config.runner == "gpu" or (config.runner == "auto" and device.type == "cuda" and gpu_runner_supports(model)):
+            # The KV cache is allocated once: max_kv_tokens shared out as one slot per running sequence.
+            capacity = max(2, config.max_kv_tokens // config.max_running)
+            self.runner = GpuRunner(model, device, slots=config.max_running, capacity=capacity)
+        else:
+            self.runner = ModelRunner(model, device, small_batch_dtype=pick_small_batch_dtype(device, config.dtype))
         # The quantized kernels compute in bf16: where a dtype other than bf16 is asked for,
         # `auto` keeps to it (explicit int4/int8 still apply).
         quant = "none" if config.quant == "auto" and config.dtype not in ("auto", "bf16") else config.quant
@@ -254,6 +272,7 @@ class Engine:
         joins cannot keep the engine retrying. Call holding the lock."""
         self.runner.clear()
         self._early.clear()
+        self._prefilling.clear()
         for request in self._scheduler.requeue_running():
             if request.failed_steps:
                 self._scheduler.discard(request)
@@ -266,6 +285,7 @@ class Engine:
         everything = self._scheduler.take_all()
         self.runner.clear()
         self._early.clear()
+        self._prefilling.clear()
         for request in everything:
             self._end(request, status, reason)
 
@@ -278,6 +298,11 @@ class Engine:
         for request in cancelled:
             self._end(request, RequestStatus.STOPPED, request.cancel_reason)
         self.stats.preemptions += len(schedule.preempted)
+        gone = {request.id for request in cancelled + schedule.preempted}
+        for request_id in gone:
+            self._prefilling.pop(request_id, None)
+        if self.runner.cheap_remove:  # before the newcomers, who may need the slots
+            self.runner.remove(gone)
         # Prefilled between the last step's layers: in the batch now, their KV committed below;
         # any not admitted after all (cancelled, or outranked meanwhile) wait with their text,
         # as preempted requests do.
@@ -286,14 +311,13 @@ class Engine:
         self._early.clear()
 
         finished: list[Request] = []
-        if fresh := [r for r in schedule.admitted if r not in early]:
+        fresh = [r for r in schedule.admitted if r not in early]
+        self._admit(fresh)
+        if fresh or self._prefilling:
             # Newcomers first: their first tokens go out before any batch bookkeeping.
-            self._admit(fresh)
-            finished += self._accept_all(fresh, self.runner.prefill({r.id: r.prompt_ids + r.output_ids for r in fresh}))
-            # Prefill time is shared by prompt length: a long prompt costs more than a short one.
-            self._charge(fresh, time.perf_counter() - started, weights=[r.num_tokens for r in fresh])
+            finished += self._prefill(fresh, started)
             started = time.perf_counter()
-        self.runner.remove({request.id for request in cancelled + schedule.preempted})
+        self.runner.remove(gone)
         self.runner.commit()
         self._retire(finished)
 
@@ -306,6 +330,46 @@ class Engine:
             self._charge(decoding, time.perf_counter() - started - self._interjected_s)
             self._retire(finished)
         self.stats.steps += 1
+
+    def _prefill(self, fresh: list[Request], started: float) -> list[Request]:
+        """Prefill the newcomers and send their first tokens; return those already done.
+        Where the runner prefills in parts, at most `prefill_tokens` prompt tokens a step,
+        partly prefilled prompts first: prompts that fit go whole, in one batched pass; the
+        first that does not gets the rest of the budget as a part, and what is left waits in
+        `_prefilling` for the next steps. Prefill time is shared by tokens prefilled: a long
+        prompt costs more than a short one."""
+        whole, parts = list(fresh), []
+        if self.runner.chunked_prefill:
+            whole, budget = [], self.config.prefill_tokens
+            queue = [*self._prefilling.values(), *((request, 0) for request in fresh)]
+            self._prefilling = {}
+            for request, done in queue:
+                left = request.num_tokens - done
+                take = min(left, max(budget, 0))
+                budget -= take
+                if take == left and not done:
+                    whole.append(request)
+                elif take:
+                    parts.append((request, done, done + take))
+                else:
+                    self._prefilling[request.id] = (request, done)
+        finished, charged, weights = [], [], []
+        if whole:
+            finished += self._accept_all(whole, self.runner.prefill({r.id: r.prompt_ids + r.output_ids for r in whole}))
+            charged += whole
+            weights += [request.num_tokens for request in whole]
+        for request, start, end in parts:
+            final = end == request.num_tokens
+            logits = self.runner.prefill_part(request.id, (request.prompt_ids + request.output_ids)[:end], start, final=final)
+            charged.append(request)
+            weights.append(end - start)
+            if final:
+                finished += self._accept_all([request], logits[None])
+            else:
+                self._prefilling[request.id] = (request, end)
+        if charged:
+            self._charge(charged, time.perf_counter() - started, weights=weights)
+        return finished
 
     def _interject(self) -> None:
         """Called between two layers of a decode step: prefill the waiting requests that

@@ -85,6 +85,12 @@ _malloc_trim = _libc_malloc_trim()
 class ModelRunner:
     """Holds the running batch: row i of the KV cache belongs to `self.rows[i]`."""
 
+    # Removing rows copies the batch's KV: the engine does it after prefilling newcomers, so
+    # their first tokens go out first.
+    cheap_remove = False
+    # Prompts are prefilled whole: their KV joins the padded batch only when complete.
+    chunked_prefill = False
+
     def __init__(
         self,
         model,
@@ -189,14 +195,7 @@ class ModelRunner:
         """Prefill `sequences` (request id → its tokens so far) and return their next-token
         logits [len(sequences), vocab] in that order. They join the batch at `commit()`, so a
         first token can be sent before the batch's KV is copied to make room for it."""
-        prefix = len(self._prefix)
-        shared = {i: t for i, t in sequences.items() if prefix and len(t) > prefix and t[:prefix] == self._prefix}
-        own = {i: t for i, t in sequences.items() if i not in shared}
-        logits = {}
-        for group, skip in ((shared, prefix), (own, 0)):
-            if group:
-                logits.update(zip(group, self._prefill(group, skip), strict=True))
-        return torch.stack([logits[request_id] for request_id in sequences])
+        return prefill_by_prefix(sequences, self._prefix, self._prefill)
 
     def _prefill(self, sequences: dict[int, list[int]], skip: int) -> torch.Tensor:
         """One padded forward pass over the tokens after the first `skip` (the shared prefix,
@@ -358,6 +357,21 @@ class ModelRunner:
             laid_out[row : row + part.shape[0], :, width - part.shape[2] : width] = part
             row += part.shape[0]
         return laid_out
+
+
+def prefill_by_prefix(
+    sequences: dict[int, list[int]], prefix: list[int], prefill: Callable[[dict[int, list[int]], int], torch.Tensor]
+) -> torch.Tensor:
+    """`prefill(group, skip)` once for the sequences that begin with the shared `prefix`
+    (skipping it) and once for the others (skipping nothing); the logits in `sequences`' order."""
+    skip = len(prefix)
+    shared = {i: t for i, t in sequences.items() if skip and len(t) > skip and t[:skip] == prefix}
+    own = {i: t for i, t in sequences.items() if i not in shared}
+    logits = {}
+    for group, group_skip in ((shared, skip), (own, 0)):
+        if group:
+            logits.update(zip(group, prefill(group, group_skip), strict=True))
+    return torch.stack([logits[request_id] for request_id in sequences])
 
 
 def _pad_left(tensor: torch.Tensor, width: int, *, dim: int) -> torch.Tensor:

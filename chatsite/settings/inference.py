@@ -11,6 +11,7 @@ INFERENCE_ENGINE = {
     "max_kv_tokens": env_int("CHAT_MAX_KV_TOKENS", 65536),  # KV-cache tokens the batch may hold
     "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
     "quant": env_str("CHAT_QUANT", "auto"),  # auto | int4 | int8 | none: small decode steps on quantized weights
+    "runner": env_str("CHAT_RUNNER", "auto"),  # auto | cpu | gpu: auto takes the GPU runner on CUDA
 }
 # The id /v1/models lists and /v1/chat/completions accepts.
 CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (

@@ -1,20 +1,26 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from inference import Engine, EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.prompts import build_prompt_ids
 
+# What the engine promises holds on both runners: the CPU runner's padded batch and the GPU
+# runner's slots (here on the CPU, without CUDA graphs; tests/inference/test_cuda.py on a GPU).
+RUNNERS = ["cpu", "gpu"]
 
-@pytest.fixture
-def engine(tiny_engine_config):
-    engine = Engine.load(tiny_engine_config)
+
+@pytest.fixture(params=RUNNERS)
+def engine(tiny_engine_config, request):
+    engine = Engine.load(replace(tiny_engine_config, runner=request.param))
     yield engine
     engine.shutdown()
 
 
-@pytest.fixture
-def one_slot_engine(tiny_engine_config):
-    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1))
+@pytest.fixture(params=RUNNERS)
+def one_slot_engine(tiny_engine_config, request):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1, runner=request.param))
     yield engine
     engine.shutdown()
 
@@ -155,8 +161,9 @@ def test_the_real_model_knows_the_capital_of_france():
     assert finish.status is RequestStatus.DONE
 
 
-def test_a_preempted_request_resumes_with_its_text_intact(tiny_engine_config):
-    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1))
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_preempted_request_resumes_with_its_text_intact(tiny_engine_config, runner):
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1, runner=runner))
     try:
         greedy = SamplingParams(temperature=0, max_new_tokens=60)
         expected = run(engine.submit(prompt(engine, "free"), greedy))[0]
@@ -221,9 +228,10 @@ def test_cancelling_a_best_of_request_stops_every_candidate(engine):
     assert all(c.status is RequestStatus.STOPPED for c in request.candidates)
 
 
-def test_the_shared_prefix_cache_changes_no_answer(tiny_engine_config):
-    cached = Engine.load(tiny_engine_config)
-    plain = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", prefix_cache=False))
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_the_shared_prefix_cache_changes_no_answer(tiny_engine_config, runner):
+    cached = Engine.load(replace(tiny_engine_config, runner=runner))
+    plain = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", prefix_cache=False, runner=runner))
     try:
         assert cached.runner._prefix and not plain.runner._prefix
         greedy = SamplingParams(temperature=0, max_new_tokens=24)
@@ -407,6 +415,60 @@ def test_the_4_bit_decode_path_answers_as_the_de_quantized_one():
     assert "Paris" in answers["auto"][0]
 
 
+def test_the_gpu_runner_answers_as_the_cpu_runner(tiny_engine_config):
+    """Greedy and seeded answers of requests joining and leaving a running batch are the same
+    text on both runners; the GPU runner's KV is one slot of max_kv_tokens / max_running
+    tokens per sequence."""
+    # A prefill budget of 40 tokens a step: the six prompts (~30 tokens each) are prefilled
+    # over several steps, some whole and some in parts, while the first ones decode.
+    engines = {runner: Engine.load(replace(tiny_engine_config, runner=runner, max_kv_tokens=8 * 300, prefill_tokens=40))
+               for runner in RUNNERS}
+    try:
+        assert type(engines["gpu"].runner).__name__ == "GpuRunner" and engines["gpu"].context_length == 300
+        answers = {}
+        for name, engine in engines.items():
+            requests = [
+                engine.submit(prompt(engine, f"question {n}"), SamplingParams(
+                    temperature=0 if n % 2 else 0.8, seed=n, max_new_tokens=10 + 7 * n, top_k=0 if n % 3 else 20,
+                ))
+                for n in range(6)
+            ]
+            answers[name] = [run(request)[0] for request in requests]
+        assert answers["gpu"] == answers["cpu"]
+    finally:
+        for engine in engines.values():
+            engine.shutdown()
+
+
+def test_a_long_prompt_is_prefilled_in_parts_while_running_streams_go_on(tiny_engine_config):
+    """GPU runner, 16 prompt tokens a step: a 300-token prompt is prefilled over 19 steps, a
+    running answer gets a token at each of them, and the long prompt's answer is the one it
+    gets prefilled whole (CPU runner)."""
+    chunked = Engine.load(replace(tiny_engine_config, runner="gpu", prefill_tokens=16))
+    whole = Engine.load(replace(tiny_engine_config, runner="cpu"))
+    try:
+        long_prompt = prompt(chunked, "tell me " * 140)
+        assert 290 < len(long_prompt) < 320
+        greedy = SamplingParams(temperature=0, max_new_tokens=12)
+        running = chunked.submit(prompt(chunked), SamplingParams(temperature=0, max_new_tokens=400))
+        next(running.events(timeout=30))
+        before = len(running.output_ids)
+        request = chunked.submit(long_prompt, greedy)
+        first = next(request.events(timeout=30))
+        assert isinstance(first, TokenEvent)
+        assert len(running.output_ids) - before >= len(long_prompt) // 16 - 1
+        text, _, finish = run(request)
+        assert finish.status is RequestStatus.DONE
+        assert first.text + text == run(whole.submit(long_prompt, greedy))[0]
+        running.cancel()
+        run(running)
+    finally:
+        chunked.shutdown()
+        whole.shutdown()
+
+
 def test_an_unknown_quant_setting_is_refused():
     with pytest.raises(ValueError, match="quant"):
         EngineConfig(quant="int3")
+    with pytest.raises(ValueError, match="runner"):
+        EngineConfig(runner="tpu")

@@ -6,6 +6,7 @@ from inference import runner as runner_module
 from inference.decoder import SMALL_BATCH_ROWS, LlamaDecoder, can_prepack
 from inference.loading import ModelNotFound, load_model, resolve_model_source
 from inference.runner import SPARE_COLUMNS, ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
+from tests.inference.runner_checks import drive
 
 
 def test_auto_device_is_cpu_without_a_gpu_and_cuda_with_one():
@@ -63,30 +64,8 @@ def test_every_row_gets_the_logits_of_its_sequence_alone(tiny_model_dir, fast_de
     joins = {1: [3], SPARE_COLUMNS + 6: [4]}
     leaves = {2: [2], SPARE_COLUMNS + 8: [1]}
 
-    def alone(tokens):
-        with torch.inference_mode():
-            return model(input_ids=torch.tensor([tokens])).logits[0, -1]
-
-    def join(request_ids):
-        logits = runner.prefill({request_id: sequences[request_id] for request_id in request_ids})
-        for row, request_id in enumerate(request_ids):
-            torch.testing.assert_close(logits[row], alone(sequences[request_id]), atol=1e-4, rtol=1e-4)
-        runner.commit()
-
-    join([1, 2])
-    for step in range(SPARE_COLUMNS + 12):
-        if step in joins:
-            join(joins[step])
-        for request_id in leaves.get(step, []):
-            runner.remove({request_id})
-            del sequences[request_id]
-        next_tokens = [(30 + 7 * step + row) % 500 for row in range(len(runner.rows))]
-        logits = runner.decode(next_tokens)
-        assert logits.shape == (len(runner.rows), model.config.vocab_size)
-        for row, request_id in enumerate(runner.rows):
-            sequences[request_id].append(next_tokens[row])
-            torch.testing.assert_close(logits[row], alone(sequences[request_id]), atol=1e-4, rtol=1e-4)
-    assert runner.rows == [3, 4]
+    rows = drive(runner, model, sequences, first=[1, 2], joins=joins, leaves=leaves, steps=SPARE_COLUMNS + 12)
+    assert rows == [3, 4]
 
 
 def test_only_llama_models_take_the_llama_decoder():

@@ -1,0 +1,215 @@
+"""`python -m bench.gpu`: the engine alone on a GPU against transformers' own `generate`.
+
+Random weights in the SmolLM2-135M shape and in SmolLM2-1.7B's (throughput does not depend on
+the weights' values), saved once to a temporary folder and loaded the way the product loads a
+model; 64 new tokens per request, end of sequence ignored. For each shape: the engine at 1, 8,
+32, 128 and 256 concurrent requests (tokens/s, milliseconds a decode step, time to first
+token), transformers' plain `generate` one request at a time, its compiled static-cache
+`generate` (CUDA graphs) on batches of 1, 32 and 256, and, for the first shape, a Plus
+request's time to first token with 64 Free requests queued. `--e2e` adds the product in its
+embedded mode on the same GPU: `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients,
+against the engine alone in the same run. Writes bench/results/gpu.json (`--name`).
+
+The tokenizer is SmolLM2's: from the default model when it is installed, else `--tokenizer
+DIR` (a folder `--save-tokenizer DIR` wrote where it is installed; the GPU machine's image has
+no registry and the 98 MB model file is not carried there).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from bench.engine import concurrent, priority, write_result
+from inference import Engine, EngineConfig
+from inference.loading import load_tokenizer, resolve_model_source
+
+NEW_TOKENS = 64
+LEVELS = (1, 8, 32, 128, 256)
+HF_LEVELS = (1, 32, 256)
+E2E_LEVELS = (1, 32, 128, 256)
+REPEATS = 3  # medians of alternated runs
+DEVICE = "cuda"  # `--smoke`: cpu
+PROMPT_TOKENS = 32  # transformers' batches: prompts of one length, so nothing is padded
+KV_PER_SEQUENCE = 512  # the engine's slot: the chat template, a question and 64 tokens fit
+SHAPES = {
+    # SmolLM2-135M-Instruct's config.json and SmolLM2-1.7B-Instruct's.
+    "smollm2-135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                     "num_key_value_heads": 3, "rope_theta": 100000.0},
+    "1.7b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "rope_theta": 130000.0},
+    # `--smoke`: the whole script on a CPU in seconds (tests/test_bench_gpu.py), to find its
+    # mistakes before a GPU's time is spent.
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "rope_theta": 10000.0},
+}
+COMMON = {"vocab_size": 49152, "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+          "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "hidden_act": "silu"}
+
+
+def save_random_model(shape: str, folder: Path, tokenizer) -> Path:
+    """A transformers folder with random weights of `shape` in bf16 and SmolLM2's tokenizer."""
+    config = LlamaConfig(**COMMON, **SHAPES[shape])
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def engine_levels(engine: Engine, levels: tuple[int, ...]) -> dict:
+    """Tokens/s, time to first token and ms a decode step at each level: a warm-up run (which
+    captures the step's graphs), then the median of REPEATS."""
+    results = {}
+    for n in levels:
+        concurrent(engine, n)
+        runs = []
+        for _ in range(REPEATS):
+            steps, busy = engine.stats.steps, engine.stats.busy_s
+            run = concurrent(engine, n)
+            run["ms_per_step"] = (engine.stats.busy_s - busy) / max(1, engine.stats.steps - steps) * 1e3
+            runs.append(run)
+        results[str(n)] = dict(sorted(runs, key=lambda run: run["tok_s"])[len(runs) // 2])
+        row = results[str(n)]
+        print(f"  engine x{n:>3}: {row['tok_s']:9.1f} tok/s  {row['ms_per_step']:6.2f} ms a step  "
+              f"ttft p50 {row['ttft_p50_s']:.3f} s", flush=True)
+    return results
+
+
+def hf_generate(folder: Path, levels: tuple[int, ...], *, compiled: bool) -> dict:
+    """transformers' `generate` on batches of n prompts of PROMPT_TOKENS random tokens: plain
+    (a dynamic cache), or with `cache_implementation="static"`, which compiles the forward
+    and replays it as CUDA graphs. A warm-up call per batch size (the compile), then the
+    median of REPEATS."""
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).to(DEVICE).eval()
+    extra = {"cache_implementation": "static"} if compiled else {}
+    results = {}
+    generator = torch.Generator().manual_seed(0)
+    for n in levels:
+        prompts = torch.randint(3, 49152, (n, PROMPT_TOKENS), generator=generator).to(DEVICE)
+
+        _generate_tok_s(model, prompts, extra)  # warm-up (and the compile)
+        results[str(n)] = {"tok_s": statistics.median(_generate_tok_s(model, prompts, extra) for _ in range(REPEATS))}
+        print(f"  transformers {'compiled' if compiled else 'plain'} generate x{n:>3}: {results[str(n)]['tok_s']:9.1f} tok/s",
+              flush=True)
+    del model
+    _empty_cache()
+    return results
+
+
+def _synchronize() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _empty_cache() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _generate_tok_s(model, prompts: torch.Tensor, extra: dict) -> float:
+    _synchronize()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=NEW_TOKENS,
+                             min_new_tokens=NEW_TOKENS, do_sample=False, **extra)
+    _synchronize()
+    return (out.shape[1] - prompts.shape[1]) * prompts.shape[0] / (time.perf_counter() - started)
+
+
+def load_engine(folder: Path) -> Engine:
+    return Engine.load(EngineConfig(model=str(folder), device=DEVICE, runner="gpu", max_running=max(LEVELS),
+                                    max_kv_tokens=max(LEVELS) * KV_PER_SEQUENCE))
+
+
+def e2e(folder: Path, engine_alone: dict) -> dict:
+    """The product in its embedded mode on this GPU (daphne, SQLite, the worker in a thread),
+    `/v1/` streamed by n clients, against the engine alone at the same n in this run."""
+    from bench.http import HttpBench
+
+    http = HttpBench(settings={"CHAT_MODEL": str(folder), "CHAT_DEVICE": DEVICE, "CHAT_RUNNER": "gpu",
+                               "CHAT_MAX_RUNNING": str(max(LEVELS)),
+                               "CHAT_MAX_KV_TOKENS": str(max(LEVELS) * KV_PER_SEQUENCE)})
+    results = {}
+    try:
+        for n in E2E_LEVELS:
+            http.run(n)  # warm-up: the worker's graphs for this size
+            runs = [http.run(n) for _ in range(REPEATS)]
+            row = dict(sorted(runs, key=lambda run: run["tok_s"])[len(runs) // 2])
+            row["ratio_to_engine"] = row["tok_s"] / engine_alone[str(n)]["tok_s"]
+            results[str(n)] = row
+            print(f"  e2e x{n:>3}: {row['tok_s']:9.1f} tok/s  {row['ratio_to_engine'] * 100:.0f} % of the engine alone"
+                  + (f"  ttft p50 {row['ttft_p50_s']:.3f} s" if "ttft_p50_s" in row else ""), flush=True)
+    finally:
+        http.close()
+    return results
+
+
+def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, hf: bool) -> dict:
+    print(f"{shape}:", flush=True)
+    save_random_model(shape, folder, tokenizer)
+    engine = load_engine(folder)
+    result = {"engine": engine_levels(engine, LEVELS)}
+    if with_priority:
+        # More Free requests than the batch holds, long enough to still run while the Plus
+        # ones arrive: 64 of them wait.
+        result["priority"] = priority(engine, free_requests=max(LEVELS) + 64, free_tokens=KV_PER_SEQUENCE - 100)
+        p = result["priority"]
+        print(f"  plus ttft with 64 free waiting: {p['plus_ttft_s']:.3f} s; idle: {p['idle_ttft_s']:.3f} s "
+              f"({p['plus_ttft_s'] / p['idle_ttft_s']:.2f}x)", flush=True)
+    engine.shutdown()
+    del engine
+    _empty_cache()
+    if hf:
+        result["hf_naive"] = hf_generate(folder, (1,), compiled=False)
+        if DEVICE == "cuda":  # compiling for a CPU is minutes of inductor work
+            result["hf_compiled"] = hf_generate(folder, HF_LEVELS, compiled=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--name", default="gpu", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--tokenizer", default="", help="a folder holding SmolLM2's tokenizer")
+    parser.add_argument("--save-tokenizer", default="", metavar="DIR", help="write SmolLM2's tokenizer to DIR and stop")
+    parser.add_argument("--e2e", action="store_true", help="also the product end to end (embedded mode)")
+    parser.add_argument("--no-hf", action="store_true", help="leave out transformers' generate")
+    parser.add_argument("--shapes", default="smollm2-135m,1.7b", help="which shapes, comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="a tiny shape on the CPU, few requests: checks the script")
+    args = parser.parse_args()
+    tokenizer = load_tokenizer(resolve_model_source(args.tokenizer))
+    if args.save_tokenizer:
+        tokenizer.save_pretrained(args.save_tokenizer)
+        print(f"wrote {args.save_tokenizer}")
+        return
+    shapes = args.shapes.split(",")
+    if args.smoke:
+        global DEVICE, LEVELS, HF_LEVELS, E2E_LEVELS, REPEATS
+        DEVICE, LEVELS, HF_LEVELS, E2E_LEVELS, REPEATS = "cpu", (1, 4), (1, 4), (1, 4), 1
+        shapes = ["tiny"]
+    elif not torch.cuda.is_available():
+        raise SystemExit("bench.gpu needs a CUDA device (--smoke runs it on the CPU)")
+    gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "none (--smoke)"
+    result: dict = {"gpu": gpu, "torch": torch.__version__, "new_tokens": NEW_TOKENS}
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, shape in enumerate(shapes):
+            folder = Path(scratch) / shape
+            measured = measure_shape(shape, folder, tokenizer, with_priority=index == 0, hf=not args.no_hf)
+            if index == 0:
+                result["shape"] = shape
+                result.update(measured)
+                if args.e2e:
+                    result["e2e"] = e2e(folder, measured["engine"])
+            else:
+                result.setdefault("shapes", {})[shape] = measured
+    write_result(result, args.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""The GPU runner: the same contract as `inference.runner.ModelRunner` (prefill, commit,
+decode, remove), shaped for a device where a decode step is bound by kernel launches, not
+by arithmetic.
+
+- **One KV cache, allocated at start**: per layer [slots, kv_heads, capacity + 1, head_dim],
+  a slot per running sequence (`inference.slots.SlotTable`). A sequence's keys and values stay
+  in its slot from prefill to its last token: joining writes its prompt's KV into a free slot,
+  leaving frees the slot, and nothing else moves. The last column is a scratch column that the
+  empty rows of a step write into.
+- **Decode steps of fixed shapes**: a step runs over slots [0, batch size) and attends over
+  columns [0, length), both rounded up to the sizes in `inference.slots`, with every input in
+  buffers that stay where they are. So each (batch size, length) is one CUDA graph, captured
+  on first use and replayed after: a step costs one launch instead of ~25 per layer.
+- **Prefill outside the graphs**, through `inference.decoder.LlamaDecoder.prefill`
+  (transformers' layer op for op), its KV scattered into the sequences' slots in two writes
+  per layer; a prompt longer than the engine's prefill budget is prefilled in parts over
+  several steps (`prefill_part`), so running streams wait at most one part.
+
+Why slots and not pages: see docs/engine.md ("The GPU runner"). On a CPU the same runner runs
+without graphs, so the CPU suite checks its arithmetic and bookkeeping.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from inference import decoder
+from inference.decoder import _rms_norm
+from inference.runner import prefill_by_prefix
+from inference.slots import SlotTable, batch_sizes, length_sizes, size_for
+
+logger = logging.getLogger(__name__)
+
+
+def supports(model) -> bool:
+    """A model the runner can step: a Llama (`inference.decoder.supports`) whose rotary
+    tables depend on the position alone."""
+    return decoder.supports(model) and decoder._rotary_tables(model) is not None
+
+
+class GpuRunner:
+    """Row i of a step's result belongs to `self.rows[i]`, as in `ModelRunner`."""
+
+    # Removing a row frees a slot and moves no KV, so the engine removes finished and
+    # preempted rows before it prefills newcomers, which may need their slots.
+    cheap_remove = True
+    # A sequence's KV is in its slot from the first token prefilled: a long prompt can be
+    # prefilled in parts over several steps (`prefill_part`).
+    chunked_prefill = True
+
+    def __init__(
+        self,
+        model,
+        device: torch.device,
+        *,
+        slots: int,
+        capacity: int | None = None,
+        graphs: bool | None = None,
+    ) -> None:
+        """`slots`: sequences held at once (the engine's max_running). `capacity`: tokens per
+        sequence, at most the model's context (default). `graphs`: replay decode steps as CUDA
+        graphs; by default where the device is CUDA."""
+        if not supports(model):
+            raise ValueError("the GPU runner takes Llama-family models with position-only rotary embeddings")
+        self.model = model.to(device)
+        self.device = device
+        self._decoder = decoder.LlamaDecoder(self.model, prepack=False)
+        config = self.model.config
+        self.dtype = next(self.model.parameters()).dtype
+        self.context_length = min(int(config.max_position_embeddings), capacity or int(config.max_position_embeddings))
+        self.capacity = self.context_length
+        self.graphs = device.type == "cuda" if graphs is None else graphs
+        if self.graphs and device.type != "cuda":
+            raise ValueError("CUDA graphs need a CUDA device")
+        heads, kv_heads, dim = self._decoder.heads, self._decoder.kv_heads, self._decoder.head_dim
+        self._heads, self._kv_heads, self._dim = heads, kv_heads, dim
+        shape = (slots, kv_heads, self.capacity + 1, dim)  # + the scratch column
+        layers = len(self._decoder.layers)
+        self._keys = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(layers)]
+        self._values = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(layers)]
+        self._slots = SlotTable(slots)
+        self._batch_sizes = batch_sizes(slots)
+        self._length_sizes = length_sizes(self.capacity)
+        self.rows: list[int] = []  # request id of each row of a step's result
+        self._lengths: dict[int, int] = {}  # request id → tokens in its slot
+        self._pending: list[int] = []  # prefilled into a slot, not yet in `rows`
+        self._prefix: list[int] = []
+        self._prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        # A step's inputs: token and position per slot, where a position of `capacity` marks
+        # an empty row (it writes into the scratch column).
+        self._inputs = torch.zeros((2, slots), dtype=torch.long, device=device)
+        self._columns = torch.arange(self.capacity + 1, device=device)
+        self._row_index = torch.arange(slots, device=device)
+        cos, sin = self._decoder.rotary_tables
+        self._cos, self._sin, self._last_position = cos, sin, cos.shape[0] - 1
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool = None
+
+    # The contract with the engine, as ModelRunner's.
+    def quantize(self, kind: str = "auto", gguf_path: str | None = None) -> str:
+        return "" if kind in ("none", "auto") else "no quantized path (the GPU runner multiplies by the model's weights)"
+
+    def drop_model_matrices(self) -> bool:
+        return False  # prefill multiplies by the model's own (fused) matrices
+
+    quantized = False
+    small_batch_dtype = None
+    prepacked = False
+
+    @property
+    def padded_tokens(self) -> int:
+        """KV held: every held slot's capacity."""
+        return len(self._slots) * self.capacity
+
+    @torch.inference_mode()
+    def set_shared_prefix(self, token_ids: list[int]) -> None:
+        """Compute once the KV of tokens most prompts begin with; prompts that begin with them
+        skip that part of their prefill and copy it into their slot."""
+        input_ids = torch.tensor([token_ids], device=self.device)
+        positions = torch.arange(len(token_ids), device=self.device)[None]
+        _, keys, values = self._decoder.prefill(input_ids, positions, torch.ones_like(input_ids))
+        self._prefix = list(token_ids)
+        self._prefix_kv = list(zip(keys, values, strict=True))
+
+    @torch.inference_mode()
+    def prefill(self, sequences: dict[int, list[int]]) -> torch.Tensor:
+        """Prefill `sequences` (request id → its tokens so far) into free slots and return
+        their next-token logits [len(sequences), vocab] in that order; they join the rows of
+        decode steps at `commit()`."""
+        for tokens in sequences.values():
+            if len(tokens) >= self.capacity:
+                raise ValueError(f"{len(tokens)} tokens do not fit a KV slot of {self.capacity}")
+        return prefill_by_prefix(sequences, self._prefix, self._prefill)
+
+    def _prefill(self, sequences: dict[int, list[int]], skip: int) -> torch.Tensor:
+        """One padded forward pass over the tokens after the first `skip` (laid out [prefix]
+        [left padding][rest], as ModelRunner's), then its KV scattered into the slots: column
+        c of row r goes to column c of r's slot, less its padding; padding goes to the scratch
+        column."""
+        width = max(len(tokens) - skip for tokens in sequences.values())
+        rows = len(sequences)
+        input_ids = torch.zeros((rows, width), dtype=torch.long)
+        mask = torch.zeros((rows, skip + width), dtype=torch.long)
+        mask[:, :skip] = 1
+        destination = torch.full((rows, skip + width), self.capacity, dtype=torch.long)
+        for row, tokens in enumerate(sequences.values()):
+            rest = len(tokens) - skip
+            input_ids[row, width - rest :] = torch.tensor(tokens[skip:])
+            mask[row, skip + width - rest :] = 1
+            destination[row, :skip] = torch.arange(skip)
+            destination[row, skip + width - rest :] = torch.arange(skip, len(tokens))
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        logits, keys, values = self._decoder.prefill(
+            input_ids.to(self.device), positions.to(self.device), mask.to(self.device), self._prefix_kv if skip else None
+        )
+        slots = torch.tensor([self._slots.take(request_id) for request_id in sequences])
+        for request_id, tokens in sequences.items():
+            self._lengths[request_id] = len(tokens)
+            self._pending.append(request_id)
+        slot_index = slots[:, None].expand(rows, skip + width).to(self.device)
+        destination = destination.to(self.device)
+        for layer_keys, layer_values, new_keys, new_values in zip(self._keys, self._values, keys, values, strict=True):
+            # [rows, kv_heads, columns, dim] → [rows, columns, kv_heads, dim], as indexing by
+            # (slot, column) lays it out.
+            layer_keys[slot_index, :, destination] = new_keys.expand(rows, -1, -1, -1).transpose(1, 2)
+            layer_values[slot_index, :, destination] = new_values.expand(rows, -1, -1, -1).transpose(1, 2)
+        return logits
+
+    @torch.inference_mode()
+    def prefill_part(self, request_id: int, tokens: list[int], start: int, *, final: bool) -> torch.Tensor | None:
+        """Prefill `tokens[start:]`, the next part of one sequence whose first `start` tokens
+        are in its slot already (from earlier parts; at 0 it takes a slot). Where the part is
+        `final` (`tokens` is the whole sequence) the sequence joins at `commit()` and its
+        next-token logits [vocab] are returned; else None. A long prompt prefilled this way
+        over several engine steps never holds running streams up for longer than one part."""
+        if len(tokens) >= self.capacity:
+            raise ValueError(f"{len(tokens)} tokens do not fit a KV slot of {self.capacity}")
+        slot = self._slots.slot_of(request_id) if start else self._slots.take(request_id)
+        new = tokens[start:]
+        before = [(keys[slot : slot + 1, :, :start], values[slot : slot + 1, :, :start])
+                  for keys, values in zip(self._keys, self._values, strict=True)] if start else None
+        logits, keys, values = self._decoder.prefill(
+            torch.tensor([new], device=self.device),
+            torch.arange(start, len(tokens), device=self.device)[None],
+            torch.ones((1, len(tokens)), dtype=torch.long, device=self.device),
+            before,
+        )
+        for layer_keys, layer_values, part_keys, part_values in zip(self._keys, self._values, keys, values, strict=True):
+            layer_keys[slot, :, start : len(tokens)] = part_keys[0, :, start:]
+            layer_values[slot, :, start : len(tokens)] = part_values[0, :, start:]
+        self._lengths[request_id] = len(tokens)
+        if not final:
+            return None
+        self._pending.append(request_id)
+        return logits[0]
+
+    def commit(self) -> None:
+        """Prefilled sequences join the rows of decode steps."""
+        self.rows += self._pending
+        self._pending = []
+
+    @torch.inference_mode()
+    def decode(self, tokens: list[int], between_layers: Callable[[], None] | None = None) -> torch.Tensor:
+        """Feed one token per row (in row order); return next-token logits [rows, vocab].
+        `between_layers` is not called: a step is one graph, and milliseconds long."""
+        slots = [self._slots.slot_of(request_id) for request_id in self.rows]
+        lengths = [self._lengths[request_id] for request_id in self.rows]
+        batch = size_for(self._slots.span, self._batch_sizes)
+        span = size_for(max(lengths) + 1, self._length_sizes)
+        inputs = torch.zeros((2, batch), dtype=torch.long)
+        inputs[1] = self.capacity  # empty rows
+        inputs[0, slots] = torch.tensor(tokens)
+        inputs[1, slots] = torch.tensor(lengths)
+        self._inputs[:, :batch].copy_(inputs, non_blocking=True)
+        logits = self._run(batch, span)
+        for request_id in self.rows:
+            self._lengths[request_id] += 1
+        return logits[torch.tensor(slots, device=self.device)]
+
+    def release_free_memory(self) -> None:
+        """The KV cache is allocated once; prefill's temporaries go back to the CUDA driver."""
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def remove(self, request_ids: set[int]) -> None:
+        """Drop these requests' rows and free their slots."""
+        self.rows = [request_id for request_id in self.rows if request_id not in request_ids]
+        self._free(request_ids)
+
+    def drop_pending(self, request_ids: set[int]) -> None:
+        """Forget what was prefilled for these requests and not yet committed."""
+        self._pending = [request_id for request_id in self._pending if request_id not in request_ids]
+        self._free(request_ids)
+
+    def clear(self) -> None:
+        """Drop every row and everything prefilled but not yet committed."""
+        self.rows, self._pending = [], []
+        self._lengths.clear()
+        self._slots.clear()
+
+    def _free(self, request_ids: set[int]) -> None:
+        for request_id in request_ids:
+            if request_id not in self._pending and request_id not in self.rows:
+                self._slots.release(request_id)
+                self._lengths.pop(request_id, None)
+
+    # The step.
+    def _run(self, batch: int, span: int) -> torch.Tensor:
+        if not self.graphs:
+            return self._step(batch, span)
+        captured = self._graphs.get((batch, span))
+        if captured is None:
+            captured = self._graphs[(batch, span)] = self._capture(batch, span)
+        graph, output = captured
+        graph.replay()
+        return output
+
+    def _capture(self, batch: int, span: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """Capture the step at (batch, span) as a CUDA graph: warmed up on a side stream first,
+        as torch asks, with every row empty, so that neither run writes into a sequence's KV.
+        The graphs share one memory pool: they are replayed one at a time."""
+        real = self._inputs.clone()
+        self._inputs[1].fill_(self.capacity)
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            self._step(batch, span)
+        torch.cuda.current_stream().wait_stream(stream)
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            output = self._step(batch, span)
+        self._inputs.copy_(real)
+        logger.info("captured a decode step of %d rows over %d columns (%d graphs)", batch, span, len(self._graphs) + 1)
+        return graph, output
+
+    def _step(self, batch: int, span: int) -> torch.Tensor:
+        """One decode step over slots [0, batch), attending over columns [0, span): no host
+        synchronisation and no shape that depends on the data, so it can be captured."""
+        heads, kv_heads, dim = self._heads, self._kv_heads, self._dim
+        q_size, qk_size = heads * dim, (heads + kv_heads) * dim
+        model = self.model.model
+        eps = model.norm.variance_epsilon
+        tokens, positions = self._inputs[0, :batch], self._inputs[1, :batch]
+        rows = self._row_index[:batch]
+        table = positions.clamp(max=self._last_position)
+        cos, sin = self._cos[table].unsqueeze(1), self._sin[table].unsqueeze(1)  # [batch, 1, dim]
+        attend = (self._columns[:span][None, :] <= positions[:, None])[:, None, None, :]
+        hidden = model.embed_tokens(tokens)  # [batch, hidden]
+        for layer, keys, values in zip(self._decoder.layers, self._keys, self._values, strict=True):
+            qkv = F.linear(_rms_norm(hidden, layer.input_norm.weight, eps), layer.qkv, layer.qkv_bias)
+            qk = qkv[:, :qk_size].view(batch, heads + kv_heads, dim)
+            # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
+            qk = qk * cos + qk.roll(dim // 2, -1) * sin
+            keys[rows, :, positions] = qk[:, heads:]
+            values[rows, :, positions] = qkv[:, qk_size:].view(batch, kv_heads, dim)
+            # The query heads that share a key/value head are that head's "query length".
+            attention = F.scaled_dot_product_attention(
+                qk[:, :heads].view(batch, kv_heads, heads // kv_heads, dim),
+                keys[:batch, :, :span],
+                values[:batch, :, :span],
+                attn_mask=attend,
+            )
+            hidden = hidden + F.linear(attention.reshape(batch, q_size), layer.o, layer.o_bias)
+            gate, up = F.linear(_rms_norm(hidden, layer.post_norm.weight, eps), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
+        return F.linear(_rms_norm(hidden, model.norm.weight, eps), *self._decoder.lm_head)
