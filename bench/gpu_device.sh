@@ -1,0 +1,11 @@
+#!/bin/sh
+# On a lent GPU machine, from the repository root, with .gpu/ carried (`make gpu-wheels` wrote
+# it): install the wheels beside the image's torch, run the CUDA tests, then the benchmark
+# (arguments go to bench.gpu, e.g. --e2e). Results land in $OUT when it is set.
+set -eu
+python3 -m pip install --quiet --no-index --no-deps --target /tmp/site .gpu/wheels/*.whl
+export PYTHONPATH="/tmp/site:$PWD"
+python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
+python3 -m pytest -q -p no:cacheprovider tests/inference/test_cuda.py tests/inference/test_gpu_runner.py || true
+python3 -m bench.gpu --tokenizer .gpu/tokenizer "$@"
+if [ -n "${OUT:-}" ]; then cp bench/results/gpu.json "$OUT/"; fi
