@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -24,7 +25,7 @@ from inference.gpu_runner import supports as gpu_runner_supports
 from inference.loading import load_model, load_tokenizer, resolve_model_source
 from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.quant import KINDS as QUANT_KINDS
-from inference.requests import Request, RequestStatus, TokenEvent
+from inference.requests import Event, Request, RequestStatus, TokenEvent
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample, sample_batch
 from inference.scheduler import Scheduler
@@ -35,6 +36,7 @@ IDLE_WAIT_S = 0.1  # how long the idle loop sleeps before looking again
 RELEASE_EVERY_S = 10.0  # while busy, how often freed KV memory is handed back to the system
 ENGINE_ERROR = "error: internal engine error"  # the finish reason of a request the engine failed
 RUNNERS = ("auto", "cpu", "gpu")
+PROCESS_CHOICES = ("auto", "on", "off")
 
 
 class EngineShuttingDown(RuntimeError):
@@ -60,6 +62,9 @@ class EngineConfig:
     # runner): a longer prompt, or more newcomers than this at once, are prefilled over
     # several steps, so running streams wait at most this many tokens' prefill for their next token.
     prefill_tokens: int = 2048
+    # auto | on | off: run the engine in a process of its own (inference.engine_process), so its
+    # step loop shares no interpreter lock with the worker's threads; auto = on with CUDA.
+    process: str = "auto"
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -72,6 +77,8 @@ class EngineConfig:
             raise ValueError("prefill_tokens must be at least 1")
         if self.runner not in RUNNERS:
             raise ValueError(f"runner must be one of {', '.join(RUNNERS)}")
+        if self.process not in PROCESS_CHOICES:
+            raise ValueError(f"process must be one of {', '.join(PROCESS_CHOICES)}")
 
 
 @dataclass
@@ -123,6 +130,9 @@ class Engine:
         self._prefilling: dict[int, tuple[Request, int]] = {}
         self._interjected_s = 0.0  # of the step under way, spent on those prefills
         self._load_error: BaseException | None = None
+        # Called by the engine's thread after every step: an engine process sends the step's
+        # events on from there (inference.engine_process).
+        self.after_step: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
         self._thread.start()
         self._loaded.wait()
@@ -179,16 +189,13 @@ class Engine:
         *,
         priority: int = 0,
         arrival_time: float | None = None,
+        sink: Callable[[Event], None] | None = None,
     ) -> Request:
-        """Queue a request and return it; read its output with `request.events()`.
+        """Queue a request and return it; read its output with `request.events()`, or have
+        its events handed to `sink` (from the engine's thread) instead.
         With best_of > 1 its candidates run as hidden requests and it reports the best."""
-        if len(prompt_ids) >= self.context_length:
-            raise ValueError(
-                f"the prompt has {len(prompt_ids)} tokens; the model's context holds {self.context_length}"
-            )
-        if len(prompt_ids) + 1 > self.config.max_kv_tokens:
-            raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the engine's KV cache holds {self.config.max_kv_tokens}")
-        request = Request(prompt_ids=list(prompt_ids), params=params, priority=priority)
+        prompt_check(prompt_ids, context_length=self.context_length, max_kv_tokens=self.config.max_kv_tokens)
+        request = Request(prompt_ids=list(prompt_ids), params=params, priority=priority, sink=sink)
         if arrival_time is not None:
             request.arrival_time = arrival_time
         candidates = [request]
@@ -220,6 +227,11 @@ class Engine:
             self._shutting_down = True
             self._lock.notify()
         self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine has shut down or its thread has ended."""
+        return not self._shutting_down and self._thread.is_alive()
 
     def snapshot(self) -> EngineStats:
         with self._lock:
@@ -264,6 +276,8 @@ class Engine:
                 logger.exception("engine step failed")
                 with self._lock:
                     self._recover_from_failed_step()
+            if self.after_step is not None:
+                self.after_step()
 
     def _recover_from_failed_step(self) -> None:
         """After a step raised, the batch's KV may be half-updated: drop it and put its requests
@@ -560,6 +574,14 @@ class Engine:
             parent.emit(TokenEvent(text=text, index=0))
         status = best.status if ranked is not candidates else candidates[0].status
         parent.finish(status, best.finish_reason or "")
+
+
+def prompt_check(prompt_ids: list[int], *, context_length: int, max_kv_tokens: int) -> None:
+    """Raise ValueError, saying why, for a prompt that leaves no room for an answer."""
+    if len(prompt_ids) >= context_length:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context holds {context_length}")
+    if len(prompt_ids) + 1 > max_kv_tokens:
+        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the engine's KV cache holds {max_kv_tokens}")
 
 
 def _plain_greedy(request: Request) -> bool:

@@ -6,7 +6,7 @@ import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from inference.sampling import SamplingParams
@@ -58,57 +58,13 @@ Event = TokenEvent | FinishEvent
 _ids = itertools.count(1)
 
 
-@dataclass(eq=False)
-class Request:
-    """Created by the caller, advanced only by the engine's thread, read through `events()`.
+class EventStream:
+    """The reading side of a request: its events in order, and whether it has finished.
+    A Request in this process and a request in an engine process (inference.engine_process)
+    are read the same way."""
 
-    `cancel()` is the one method other threads call; the engine honours it before its next step.
-    """
-
-    prompt_ids: list[int]
-    params: SamplingParams
-    priority: int = 0  # higher runs first
-    arrival_time: float = field(default_factory=time.time)  # wall clock, seconds
-    id: int = field(default_factory=lambda: next(_ids))
-    status: RequestStatus = RequestStatus.PENDING
-    output_ids: list[int] = field(default_factory=list)
-    usage: Usage = field(default_factory=Usage)
-    finish_reason: str | None = None
-    preemptions: int = 0  # times it was taken out of the batch for a higher-priority request
-    failed_steps: int = 0  # engine steps that raised while it was in the batch
-    error: str | None = None  # set by the engine when this request alone failed
-    cumulative_logprob: float = 0.0  # sum of the model's log-probabilities of its tokens
-    parent: Request | None = field(default=None, repr=False)  # set on best-of-n candidates
-    candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request
-    _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
-    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
-    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
-    _cancel_reason: str = field(default="stop", repr=False)
-
-    def __post_init__(self) -> None:
-        if not self.prompt_ids:
-            raise ValueError("prompt_ids must not be empty")
-        self.usage.prompt_tokens = len(self.prompt_ids)
-
-    @property
-    def num_tokens(self) -> int:
-        """Prompt and generated tokens: what its KV cache holds while it runs."""
-        return len(self.prompt_ids) + len(self.output_ids)
-
-    def cancel(self, reason: str = "stop") -> None:
-        """Ask the engine to end this request; what was generated so far is kept."""
-        self._cancel_reason = reason
-        self._cancelled.set()
-        for candidate in self.candidates:
-            candidate.cancel(reason)
-
-    @property
-    def cancel_reason(self) -> str:
-        return self._cancel_reason
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancelled.is_set()
+    _events: queue.SimpleQueue
+    _finished: threading.Event
 
     def events(self, timeout: float | None = None) -> Iterator[Event | None]:
         """Yield events until the FinishEvent; yield None whenever `timeout` passes quietly."""
@@ -139,9 +95,68 @@ class Request:
             except queue.Empty:
                 return drained
 
+
+@dataclass(eq=False)
+class Request(EventStream):
+    """Created by the caller, advanced only by the engine's thread, read through `events()`.
+
+    `cancel()` is the one method other threads call; the engine honours it before its next step.
+    """
+
+    prompt_ids: list[int]
+    params: SamplingParams
+    priority: int = 0  # higher runs first
+    arrival_time: float = field(default_factory=time.time)  # wall clock, seconds
+    id: int = field(default_factory=lambda: next(_ids))
+    status: RequestStatus = RequestStatus.PENDING
+    output_ids: list[int] = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    preemptions: int = 0  # times it was taken out of the batch for a higher-priority request
+    failed_steps: int = 0  # engine steps that raised while it was in the batch
+    error: str | None = None  # set by the engine when this request alone failed
+    cumulative_logprob: float = 0.0  # sum of the model's log-probabilities of its tokens
+    parent: Request | None = field(default=None, repr=False)  # set on best-of-n candidates
+    candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request
+    _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
+    _cancelled: threading.Event = field(default_factory=threading.Event, repr=False)
+    _finished: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancel_reason: str = field(default="stop", repr=False)
+    # Where its events go instead of its own queue: an engine process forwards them to the
+    # process that submitted the request (inference.engine_process).
+    sink: Callable[[Event], None] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("prompt_ids must not be empty")
+        self.usage.prompt_tokens = len(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt and generated tokens: what its KV cache holds while it runs."""
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def cancel(self, reason: str = "stop") -> None:
+        """Ask the engine to end this request; what was generated so far is kept."""
+        self._cancel_reason = reason
+        self._cancelled.set()
+        for candidate in self.candidates:
+            candidate.cancel(reason)
+
+    @property
+    def cancel_reason(self) -> str:
+        return self._cancel_reason
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self._cancelled.is_set()
+
     # Called by the engine's thread only.
     def emit(self, event: Event) -> None:
-        self._events.put(event)
+        if self.sink is not None:
+            self.sink(event)
+        else:
+            self._events.put(event)
 
     def finish(self, status: RequestStatus, reason: str) -> None:
         self.status = status

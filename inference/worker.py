@@ -1,24 +1,33 @@
-"""The one Engine of a worker process, loaded once and shared by all of its task threads."""
+"""The one engine of a worker process, loaded once and shared by all of its task threads:
+an Engine in this process, or an EngineProcess (its own child process) where the config asks
+for one (`EngineConfig.process`; on a GPU by default)."""
 from __future__ import annotations
 
 import threading
 
 from inference.engine import Engine, EngineConfig
+from inference.engine_process import EngineProcess, uses_process
 
-_engine: Engine | None = None
+_engine: Engine | EngineProcess | None = None
 _lock = threading.Lock()
 
 
-def engine_get(config: EngineConfig) -> Engine:
-    """The process's engine, loading it on first use (Celery's worker start calls this early)."""
+def engine_start(config: EngineConfig) -> Engine | EngineProcess:
+    """A new engine for `config`, in this process or a child, loaded and ready."""
+    return EngineProcess.start(config) if uses_process(config) else Engine.load(config)
+
+
+def engine_get(config: EngineConfig) -> Engine | EngineProcess:
+    """The process's engine, loading it on first use (Celery's worker start calls this early),
+    and again if it has ended without a shutdown (an engine process that died)."""
     global _engine
     with _lock:
-        if _engine is None:
-            _engine = Engine.load(config)
+        if _engine is None or not _engine.alive:
+            _engine = engine_start(config)
         return _engine
 
 
-def engine_current() -> Engine | None:
+def engine_current() -> Engine | EngineProcess | None:
     """This process's engine if it has loaded, else None (without waiting)."""
     return _engine
 
@@ -28,7 +37,7 @@ def engine_ready() -> bool:
     return _engine is not None
 
 
-def engine_set(engine: Engine | None) -> None:
+def engine_set(engine: Engine | EngineProcess | None) -> None:
     """Install an already-built engine (tests use a tiny model this way)."""
     global _engine
     with _lock:

@@ -13,6 +13,7 @@ INFERENCE_ENGINE = {
     "quant": env_str("CHAT_QUANT", "auto"),  # auto | int4 | int8 | none: small decode steps on quantized weights
     "runner": env_str("CHAT_RUNNER", "auto"),  # auto | cpu | gpu: auto takes the GPU runner on CUDA
     "prefill_tokens": env_int("CHAT_PREFILL_TOKENS", 2048),  # prompt tokens prefilled a step (GPU runner)
+    "process": env_str("CHAT_ENGINE_PROCESS", "auto"),  # auto | on | off: the engine in a child process; auto = on with CUDA
 }
 # The id /v1/models lists and /v1/chat/completions accepts.
 CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (

@@ -181,3 +181,40 @@ def test_the_frame_budget_is_what_the_streaming_loop_keeps_to(make_user, slow_en
     assert reply.completion_tokens > 4
     assert (len(frames) <= 3) is few
     assert "".join(frames) == reply.content
+
+
+@pytest.fixture
+def engine_in_a_process(tiny_engine_config):
+    """The worker's engine is an EngineProcess (as on a GPU) for one test."""
+    from dataclasses import replace
+
+    from inference.engine_process import EngineProcess
+    from inference.worker import engine_current, engine_set
+
+    before = engine_current()
+    engine = EngineProcess.start(replace(tiny_engine_config, process="on"))
+    engine_set(engine)
+    yield engine
+    engine_set(before)
+    engine.shutdown()
+
+
+def test_an_engine_in_its_own_process_generates_the_same_reply(make_user, engine_in_a_process, tiny_engine_config):
+    from inference import Engine
+    from inference.worker import engine_set
+
+    user = make_user()
+    _, remote, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Tell me a story")
+    reply_generate(message_id=remote.id)
+    local_engine = Engine.load(tiny_engine_config)
+    engine_set(local_engine)
+    try:
+        _, local, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Tell me a story")
+        reply_generate(message_id=local.id)
+    finally:
+        local_engine.shutdown()
+    remote.refresh_from_db()
+    local.refresh_from_db()
+    assert remote.status == "done" and remote.content == local.content and remote.content
+    assert remote.completion_tokens == local.completion_tokens > 0
+    assert remote.compute_s > 0 and remote.ttft_s >= remote.queue_wait_s >= 0
