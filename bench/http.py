@@ -148,11 +148,11 @@ class HttpBench:
                 await asyncio.sleep(0.5)
         raise RuntimeError("the benchmark server did not start")
 
-    async def _one(self, model: str, n: int) -> tuple[int, float]:
+    async def _one(self, model: str, n: int, new_tokens: int = NEW_TOKENS) -> tuple[int, float]:
         """One streamed request: its completion tokens, and the seconds until the first piece
         of its answer arrived."""
         body = {
-            "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": NEW_TOKENS,
+            "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": new_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
         }
         tokens, tail, first = 0, b"", None
@@ -167,22 +167,24 @@ class HttpBench:
                     tokens = json.loads(line[len(b"data: "):])["usage"]["completion_tokens"]
         return tokens, first if first is not None else time.perf_counter() - started
 
-    def run(self, n: int) -> dict:
-        """n concurrent streams; aggregate completion tokens per second, the median time to the
-        first piece of an answer, and the CPU seconds the
+    def run(self, n: int, new_tokens: int = NEW_TOKENS) -> dict:
+        """n concurrent streams; aggregate completion tokens per second, the times to the
+        first piece of an answer (median, 90th percentile, longest), and the CPU seconds the
         server spent meanwhile: `torch_cpu_s` in its two busiest threads (the engine's torch
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
         distributed mode only the web process is counted."""
         async def wave():
             started = time.perf_counter()
-            answers = await asyncio.gather(*(self._one(self.model, i) for i in range(n)))
+            answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(tokens for tokens, _ in answers) / (time.perf_counter() - started), [ttft for _, ttft in answers]
 
         before = _server_thread_cpu_s(self._server.pid)
         tok_s, ttfts = self._loop.run_until_complete(wave())
         after = _server_thread_cpu_s(self._server.pid)
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
-        return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
+        deciles = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
+        return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "ttft_p90_s": deciles[-1], "ttft_max_s": max(ttfts),
+                "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
 
     @staticmethod
     def _create_database() -> str:

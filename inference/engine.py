@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 import torch
 
 from inference.decoder import SMALL_BATCH_ROWS
-from inference.detokenize import IncrementalDetokenizer
 from inference.gpu_runner import GpuRunner
 from inference.gpu_runner import supports as gpu_runner_supports
 from inference.loading import load_model, load_tokenizer, resolve_model_source
+from inference.outputs import OutputStage, find_stop, stopped_at
 from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.quant import KINDS as QUANT_KINDS
-from inference.requests import Event, Request, RequestStatus, TokenEvent
+from inference.requests import Event, Request, RequestStatus
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
 from inference.sampling import SamplingParams, greedy_batch, make_generator, sample, sample_batch
 from inference.scheduler import Scheduler
@@ -86,9 +86,6 @@ class _SequenceState:
     """What the engine keeps per request between steps (kept across preemption)."""
 
     generator: torch.Generator
-    detokenizer: IncrementalDetokenizer
-    text: str = ""  # everything decoded so far
-    emitted: int = 0  # characters of `text` already sent to the reader
     first_token_time: float | None = None
 
 
@@ -130,8 +127,8 @@ class Engine:
         self._prefilling: dict[int, tuple[Request, int]] = {}
         self._interjected_s = 0.0  # of the step under way, spent on those prefills
         self._load_error: BaseException | None = None
-        # Called by the engine's thread after every step: an engine process sends the step's
-        # events on from there (inference.engine_process).
+        # Called after every step, once its events are out (from the thread that made them):
+        # an engine process sends them on from there (inference.engine_process).
         self.after_step: Callable[[], None] | None = None
         self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
         self._thread.start()
@@ -163,6 +160,9 @@ class Engine:
         quant = "none" if config.quant == "auto" and config.dtype not in ("auto", "bf16") else config.quant
         quantized = self.runner.quantize(quant, f"{source.path}/{source.gguf_file}" if source.gguf_file else None)
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
+        self._output = OutputStage(
+            self.tokenizer, threaded=self.runner.threaded_outputs, on_stop=self._stop_found, after_batch=self._after_batch
+        )
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
         self.runner.drop_model_matrices()
@@ -250,7 +250,19 @@ class Engine:
             return
         finally:
             self._loaded.set()
-        self._loop()
+        try:
+            self._loop()
+        finally:
+            self._output.close()
+
+    def _after_batch(self) -> None:
+        if self.after_step is not None:
+            self.after_step()
+
+    def _stop_found(self, request: Request, tokens_kept: int) -> None:
+        """The output stage found a stop string in `request`'s text: end it at the next step."""
+        request.stop_kept = tokens_kept
+        request.cancel("stop_string")
 
     def _loop(self) -> None:
         while True:
@@ -276,8 +288,7 @@ class Engine:
                 logger.exception("engine step failed")
                 with self._lock:
                     self._recover_from_failed_step()
-            if self.after_step is not None:
-                self.after_step()
+            self._output.flush()
 
     def _recover_from_failed_step(self) -> None:
         """After a step raised, the batch's KV may be half-updated: drop it and put its requests
@@ -330,6 +341,7 @@ class Engine:
         if fresh or self._prefilling:
             # Newcomers first: their first tokens go out before any batch bookkeeping.
             finished += self._prefill(fresh, started)
+            self._output.flush()
             started = time.perf_counter()
         self.runner.remove(gone)
         self.runner.commit()
@@ -402,6 +414,7 @@ class Engine:
         logits = self.runner.prefill({r.id: r.prompt_ids + r.output_ids for r in urgent})
         self._early.update(r.id for r in urgent)
         done = self._accept_all(urgent, logits)  # a first token can also be the last
+        self._output.flush()
         seconds = time.perf_counter() - started
         self._charge(urgent, seconds, weights=[r.num_tokens for r in urgent])
         self._interjected_s += seconds
@@ -419,9 +432,7 @@ class Engine:
             if request.status is RequestStatus.PENDING:  # not a preempted one coming back
                 request.status = RequestStatus.STREAMING
                 request.usage.queue_wait_s = max(0.0, now - request.arrival_time)
-                self._states[request.id] = _SequenceState(
-                    generator=make_generator(request.params.seed), detokenizer=IncrementalDetokenizer(self.tokenizer)
-                )
+                self._states[request.id] = _SequenceState(generator=make_generator(request.params.seed))
 
     def _accept_all(self, requests: list[Request], logits: torch.Tensor) -> list[Request]:
         """Choose one token for each request from its row of `logits`; return those now done.
@@ -489,10 +500,13 @@ class Engine:
         return not request.params.ignore_eos and len(request.output_ids) >= request.params.min_tokens
 
     def _accept(self, request: Request, token: int, logprob: float) -> bool:
-        params, state = request.params, self._states[request.id]
+        """Record the token `request` chose; whether that ends it. Its text is made, and its
+        stop strings looked for, by the output stage."""
+        state = self._states[request.id]
         now = time.time()
         if token in self.eos_token_ids and self._may_end(request):
-            return self._finish_text(request, state, "eos")
+            request.finish_reason = "eos"
+            return True
         if state.first_token_time is None:
             state.first_token_time = now
             request.usage.ttft_s = now - request.arrival_time
@@ -500,25 +514,11 @@ class Engine:
         request.cumulative_logprob += logprob
         request.usage.completion_tokens = len(request.output_ids)
         request.usage.decode_s = now - state.first_token_time
-        state.text += state.detokenizer.add(token)
-        if params.stop and (cut := _find_stop(state.text, params.stop, state.emitted)) is not None:
-            state.text = state.text[:cut]
-            return self._finish_text(request, state, "stop_string")
-        if len(request.output_ids) >= params.max_new_tokens or request.num_tokens >= self.context_length:
-            return self._finish_text(request, state, "length")
-        # Hold back a tail that could still become a stop string.
-        self._emit(request, state, len(state.text) - _stop_prefix_length(state.text, params.stop))
+        self._output.token(request, token)
+        if len(request.output_ids) >= request.params.max_new_tokens or request.num_tokens >= self.context_length:
+            request.finish_reason = "length"
+            return True
         return False
-
-    def _finish_text(self, request: Request, state: _SequenceState, reason: str) -> bool:
-        self._emit(request, state, len(state.text))
-        request.finish_reason = reason
-        return True
-
-    def _emit(self, request: Request, state: _SequenceState, upto: int) -> None:
-        if upto > state.emitted and request.parent is None:
-            request.emit(TokenEvent(text=state.text[state.emitted : upto], index=len(request.output_ids) - 1))
-        state.emitted = max(state.emitted, upto)
 
     def _charge(self, requests: list[Request], seconds: float, weights: list[int] | None = None) -> None:
         weights = weights or [1] * len(requests)
@@ -546,14 +546,18 @@ class Engine:
 
     def _end(self, request: Request, status: RequestStatus, reason: str) -> None:
         """Free the request's state and tell its reader (or its best-of-n parent)."""
-        state = self._states.pop(request.id, None)
+        self._states.pop(request.id, None)
         self.stats.finished += 1
-        request.finish(status, reason)
+        if request.stop_kept is not None:  # ended for a stop string in its text
+            stopped_at(request, request.stop_kept)
+        else:
+            request.status, request.finish_reason = status, reason
+        self._output.finish(request)
         parent = request.parent
         if parent is not None and all(c.status.finished for c in parent.candidates) and not parent.status.finished:
-            self._choose_best(parent, state)
+            self._choose_best(parent)
 
-    def _choose_best(self, parent: Request, last_state: _SequenceState | None) -> None:
+    def _choose_best(self, parent: Request) -> None:
         """Report the candidate with the highest length-normalised log-probability."""
         candidates = parent.candidates
         ranked = [c for c in candidates if c.output_ids and c.status is RequestStatus.DONE] or candidates
@@ -568,12 +572,15 @@ class Engine:
         )
         with tokenizer_lock(self.tokenizer):
             text = self.tokenizer.decode(best.output_ids, skip_special_tokens=True)
-        if best.finish_reason == "stop_string":
-            text = text[: _find_stop(text, best.params.stop, 0)]
+        reason = best.finish_reason or ""
+        # Its stop string may be found only now: the output stage runs behind the engine.
+        if best.params.stop and (cut := find_stop(text, best.params.stop, 0)) is not None:
+            text, reason = text[:cut], "stop_string"
         if text:
-            parent.emit(TokenEvent(text=text, index=0))
-        status = best.status if ranked is not candidates else candidates[0].status
-        parent.finish(status, best.finish_reason or "")
+            self._output.text(parent, text)
+        parent.status = best.status if ranked is not candidates else candidates[0].status
+        parent.finish_reason = reason
+        self._output.finish(parent)
 
 
 def prompt_check(prompt_ids: list[int], *, context_length: int, max_kv_tokens: int) -> None:
@@ -587,25 +594,6 @@ def prompt_check(prompt_ids: list[int], *, context_length: int, max_kv_tokens: i
 def _plain_greedy(request: Request) -> bool:
     """Greedy with nothing that needs the row on its own: no penalty, not a best-of candidate."""
     return request.params.greedy and request.params.repetition_penalty == 1.0 and request.parent is None
-
-
-def _find_stop(text: str, stops: tuple[str, ...], emitted: int) -> int | None:
-    """Where the earliest stop string begins in `text`, looking only where a new one can be."""
-    longest = max((len(s) for s in stops), default=0)
-    start = max(0, emitted - longest)
-    found = [index for stop in stops if (index := text.find(stop, start)) != -1]
-    return min(found) if found else None
-
-
-def _stop_prefix_length(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest tail of `text` that begins some stop string."""
-    best = 0
-    for stop in stops:
-        for length in range(min(len(stop) - 1, len(text)), best, -1):
-            if stop.startswith(text[-length:]):
-                best = length
-                break
-    return best
 
 
 def _eos_token_ids(model, tokenizer) -> set[int]:

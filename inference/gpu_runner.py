@@ -50,6 +50,9 @@ class GpuRunner:
     # A sequence's KV is in its slot from the first token prefilled: a long prompt can be
     # prefilled in parts over several steps (`prefill_part`).
     chunked_prefill = True
+    # A step leaves the host waiting on the device, interpreter lock released: time the
+    # engine's output thread turns the last step's tokens into text (inference.outputs).
+    threaded_outputs = True
 
     def __init__(
         self,

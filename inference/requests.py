@@ -116,6 +116,7 @@ class Request(EventStream):
     failed_steps: int = 0  # engine steps that raised while it was in the batch
     error: str | None = None  # set by the engine when this request alone failed
     cumulative_logprob: float = 0.0  # sum of the model's log-probabilities of its tokens
+    stop_kept: int | None = None  # tokens kept, once its text was found to reach a stop string
     parent: Request | None = field(default=None, repr=False)  # set on best-of-n candidates
     candidates: list[Request] = field(default_factory=list, repr=False)  # set on a best-of-n request
     _events: queue.SimpleQueue = field(default_factory=queue.SimpleQueue, repr=False)
@@ -151,7 +152,7 @@ class Request(EventStream):
     def cancel_requested(self) -> bool:
         return self._cancelled.is_set()
 
-    # Called by the engine's thread only.
+    # Called by the engine's output stage only (inference.outputs).
     def emit(self, event: Event) -> None:
         if self.sink is not None:
             self.sink(event)

@@ -90,6 +90,8 @@ class ModelRunner:
     cheap_remove = False
     # Prompts are prefilled whole: their KV joins the padded batch only when complete.
     chunked_prefill = False
+    # Text is made in the engine's own thread: between steps the machine's cores are torch's.
+    threaded_outputs = False
 
     def __init__(
         self,

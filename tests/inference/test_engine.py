@@ -218,6 +218,16 @@ def test_best_of_returns_the_candidate_with_the_highest_normalised_log_probabili
     assert finish.usage.completion_tokens == 48  # all four candidates were paid for
 
 
+def test_a_best_of_answer_ends_before_its_stop_string(engine):
+    ids = prompt(engine)
+    fulls = [run(engine.submit(ids, SamplingParams(temperature=1.0, max_new_tokens=16, seed=200 + n)))[0] for n in range(3)]
+    stop = " "
+    assert all(stop in full.strip() for full in fulls), "every candidate's text should reach the stop string"
+    text, _, finish = run(engine.submit(ids, SamplingParams(temperature=1.0, max_new_tokens=16, seed=200, best_of=3, stop=(stop,))))
+    assert finish.status is RequestStatus.DONE and finish.reason == "stop_string"
+    assert stop not in text and any(full.startswith(text) for full in fulls)
+
+
 def test_cancelling_a_best_of_request_stops_every_candidate(engine):
     request = engine.submit(prompt(engine), SamplingParams(temperature=1.0, max_new_tokens=900, best_of=3))
     while not all(c.output_ids for c in request.candidates):
