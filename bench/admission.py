@@ -16,7 +16,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from bench.http import HttpBench
+from bench.http import ROOT, HttpBench
 
 
 def main() -> None:
@@ -25,6 +25,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts per N; the median burst is shown")
     parser.add_argument("--distributed", action="store_true")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value", help="server settings")
+    parser.add_argument("--checkout", type=Path, default=ROOT, help="the source tree the server runs (a `git worktree`)")
     args = parser.parse_args()
     from tests.tiny_model import build_tiny_model
 
@@ -32,7 +33,7 @@ def main() -> None:
         model = build_tiny_model(Path(folder))
         settings = {"CHAT_MODEL": str(model), "CHAT_DTYPE": "fp32", "CHAT_MAX_RUNNING": str(max(args.streams))}
         settings.update(item.split("=", 1) for item in args.set)
-        bench = HttpBench(settings=settings, distributed=args.distributed)
+        bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout)
         try:
             bench.run(max(args.streams), new_tokens=1)  # warm-up: connections, task threads
             print(f"{'mode':<12}{'N':>5}{'p50 s':>9}{'p90 s':>9}{'max s':>9}", flush=True)

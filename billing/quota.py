@@ -105,20 +105,36 @@ def quota_consume(*, user, plan: Plan, now: datetime.datetime | None = None) -> 
     serialise writers the same way). Two queries on SQLite, three elsewhere (the lock), and
     one more when uses that have left the window are still stored: this runs while SQLite's
     one write lock is held, so each query is a wait for every other writer."""
+    counted, refused = quota_consume_many(user=user, plan=plan, count=1, now=now)
+    if refused is not None:
+        raise QuotaExceeded(refused)
+    return counted[0]
+
+
+def quota_consume_many(
+    *, user, plan: Plan, count: int, now: datetime.datetime | None = None
+) -> tuple[list[QuotaStatus], QuotaStatus | None]:
+    """Count up to `count` messages of `user` at once (API calls admitted together), as
+    many as the window has room for: the status after each one counted, in order, and for
+    the rest, if any did not fit, the status that refuses them (QuotaExceeded's). The same
+    queries as one message; call inside the transaction that saves the messages."""
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("quota_consume must run inside the transaction that saves the message")
     user_row_lock(user_id=user.pk)
     now = now or timezone.now()
     status, left_the_window = _window(user=user, plan=plan, now=now)
-    if status.remaining <= 0:
-        raise QuotaExceeded(status)
-    if left_the_window:
+    taken = max(0, min(count, status.remaining))
+    if taken and left_the_window:
         QuotaUse.objects.filter(user=user, at__lte=now - datetime.timedelta(seconds=status.window_s)).delete()
-    QuotaUse.objects.create(user=user, at=now)
-    # One more in the window; if it was empty, this message is the oldest.
-    return dataclasses.replace(
-        status, used=status.used + 1, next_free_at=status.next_free_at or now + datetime.timedelta(seconds=status.window_s)
-    )
+    if taken:
+        QuotaUse.objects.bulk_create([QuotaUse(user=user, at=now) for _ in range(taken)])
+    # One more in the window each; if it was empty, the first of them is the oldest.
+    next_free_at = status.next_free_at or now + datetime.timedelta(seconds=status.window_s)
+    counted = [dataclasses.replace(status, used=status.used + n, next_free_at=next_free_at) for n in range(1, taken + 1)]
+    refused = None
+    if taken < count:
+        refused = counted[-1] if counted else status
+    return counted, refused
 
 
 def quota_refund(*, user, at: datetime.datetime) -> None:

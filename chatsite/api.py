@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 
 from channels.db import DatabaseSyncToAsync
@@ -36,9 +37,9 @@ QUIET_CHECK_S = 5.0  # replies silent this long are looked up in the database
 DB_THREADS = 4
 
 # The API's database work runs on a few threads of its own, not on a new thread per request
-# (Django's default for async views): 32 calls arriving together then queue for 4 threads
-# holding open connections, instead of 32 threads fighting over the GIL and each opening a
-# connection.
+# (Django's default for async views), holding open connections, instead of a thread per call
+# fighting over the GIL and each opening a connection. Admission goes further: calls that
+# arrive together are admitted in one trip and one transaction (`_Admission`).
 _db_threads = ThreadPoolExecutor(max_workers=DB_THREADS, thread_name_prefix="api-db")
 # Sending the tasks needs no database: on a thread of its own it does not queue behind the
 # other calls' database work.
@@ -74,14 +75,87 @@ def _authenticate(request: HttpRequest):
     return user
 
 
-@_in_db_thread
-def _accept(request: HttpRequest):
-    """Everything a completion needs from the database, in one trip to a thread (each trip
-    is a hop between threads, slow while the engine keeps both cores busy): authenticate,
-    read the plan, validate the body against it, count the call and save its messages.
-    Returns (user, parsed request, pending replies, quota); raises ApiError or QuotaExceeded."""
-    user = _authenticate(request)
-    plan = plan_for_user(user)
+MAX_BATCH = 128  # calls admitted in one transaction
+
+
+class _Admission:
+    """Calls waiting for their database work, which is done for all that are waiting at once
+    (`_accept_all`): while one batch is in the database the next gathers, so a burst of
+    arrivals costs a few transactions of a handful of queries each instead of a transaction of
+    about ten queries per call, all taking turns on SQLite's one write lock and the
+    interpreter lock. One per event loop: its futures belong to the loop."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[HttpRequest, asyncio.Future]] = []
+        self._drain: asyncio.Task | None = None
+
+    async def admit(self, request: HttpRequest):
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((request, future))
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
+            try:
+                outcomes = await _in_db_thread(_accept_all)([request for request, _ in batch])
+            except Exception as error:  # the batch's transaction failed: every call in it did
+                outcomes = [error] * len(batch)
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # its client went away meanwhile
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+
+
+_admissions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Admission] = weakref.WeakKeyDictionary()
+
+
+async def _accept(request: HttpRequest):
+    """Everything a completion needs from the database: authenticate, read the plan, validate
+    the body against it, count the call and save its messages, done with whatever other calls
+    are waiting (`_Admission`). Returns (user, parsed request, pending replies, quota); raises
+    ApiError or QuotaExceeded."""
+    loop = asyncio.get_running_loop()
+    admission = _admissions.get(loop)
+    if admission is None:
+        admission = _admissions[loop] = _Admission()
+    return await admission.admit(request)
+
+
+def _accept_all(requests: list[HttpRequest]) -> list:
+    """`_accept` for calls that arrived together, in one trip to a database thread (each trip
+    is a hop between threads, slow while the engine keeps the cores busy): each call's
+    outcome, or the ApiError or QuotaExceeded that refuses it, in order."""
+    outcomes: list = [None] * len(requests)
+    users: dict[str, object] = {}  # each API key looked up once
+    plans: dict[int, object] = {}  # each user's plan read once
+    admitted, calls = [], []
+    for index, request in enumerate(requests):
+        try:
+            header = request.headers.get("Authorization", "")
+            if header not in users:
+                users[header] = _authenticate(request)
+            user = users[header]
+            plan = plans.get(user.pk) or plans.setdefault(user.pk, plan_for_user(user))
+            parsed = _validate(request, plan)
+        except Exception as error:  # ApiError, or a bug: either way this call's alone
+            outcomes[index] = error
+            continue
+        admitted.append((index, user, parsed))
+        calls.append(services.ApiCall(user=user, plan=plan, messages=parsed.messages, sampling=parsed.sampling, n=parsed.n))
+    if calls:
+        for (index, user, parsed), outcome in zip(admitted, services.api_completions_create(calls), strict=True):
+            outcomes[index] = outcome if isinstance(outcome, QuotaExceeded) else (user, parsed, *outcome)
+    return outcomes
+
+
+def _validate(request: HttpRequest, plan):
+    """The call's body parsed and checked against the plan; ApiError saying what is wrong."""
     parsed = wire.parse_chat_completion(
         request.body,
         model_name=settings.CHAT_MODEL_NAME,
@@ -95,10 +169,7 @@ def _accept(request: HttpRequest):
         prompt_limit_check(parsed.messages, max_prompt_tokens=plan.max_prompt_tokens)
     except PromptTooLong as error:
         raise wire.ApiError(400, str(error), param="messages", code="context_length_exceeded") from None
-    replies, quota = services.api_completion_create(
-        user=user, plan=plan, messages=parsed.messages, sampling=parsed.sampling, n=parsed.n
-    )
-    return user, parsed, replies, quota
+    return parsed
 
 
 async def _enqueue(replies) -> None:

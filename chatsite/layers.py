@@ -16,6 +16,7 @@ import contextlib
 import logging
 import time
 
+import redis.asyncio
 import redis.exceptions
 from channels.exceptions import ChannelFull
 from channels.layers import InMemoryChannelLayer as ChannelsInMemoryChannelLayer
@@ -51,11 +52,26 @@ REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, O
 RETRY_MAX_S = 2.0  # longest wait between two tries while Redis is away
 
 
+POOL_CONNECTIONS = 100  # to Redis, per event loop; more callers wait their turn
+POOL_WAIT_S = 20.0  # for a free connection, before the call fails
+
+
 class RedisChannelLayer(ChannelsRedisChannelLayer):
     """channels_redis, but a receive waits through a Redis outage and goes on when it is back,
     instead of raising. A consumer whose receive raises is torn down, and with it the
     browser's socket; the API's watcher would stop hearing its reply. Sends still raise: their
     callers decide (a worker's frame is dropped, its text is in the database)."""
+
+    def create_pool(self, index):
+        """A pool that waits for a free connection instead of raising "Too many connections"
+        (redis-py's default pool, at 100): a burst of API calls admitted together subscribes
+        all of its replies at once, and every one of them must be heard."""
+        host = dict(self.hosts[index])
+        if "address" not in host:
+            return super().create_pool(index)
+        return redis.asyncio.BlockingConnectionPool.from_url(
+            host.pop("address"), max_connections=POOL_CONNECTIONS, timeout=POOL_WAIT_S, **host
+        )
 
     async def receive(self, channel):
         delay = 0.05

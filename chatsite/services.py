@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from billing.plans import Plan, plan_get
-from billing.quota import QuotaStatus, quota_consume, quota_refund
+from billing.quota import QuotaExceeded, QuotaStatus, quota_consume, quota_consume_many, quota_refund
 from chatsite.celery import app as celery_app
 from chatsite.leases import pending_lease_expiry
 from chatsite.models import Conversation, Feedback, Message
@@ -189,32 +189,88 @@ def _latest_leaf(message: Message) -> Message:
     return message
 
 
-@transaction.atomic
 def api_completion_create(
     *, user, plan: Plan, messages: list[dict[str, str]], sampling: dict, n: int = 1
 ) -> tuple[list[Message], QuotaStatus]:
     """Count the call as one message against the user's quota (QuotaExceeded: nothing saved),
     then save its messages as a conversation of their own (not listed in the chat) and `n`
     pending replies to them, siblings, each carrying the call's sampling parameters."""
-    quota = quota_consume(user=user, plan=plan)
-    first_user = next((m["content"] for m in messages if m["role"] == "user"), "API request")
-    conversation = Conversation.objects.create(owner=user, title=_title_from(first_user) or "API request",
-                                               source=Conversation.Source.API)
-    parent = None
-    for message in messages:
-        parent = Message.objects.create(
-            conversation=conversation, parent=parent, role=message["role"], content=message["content"]
+    [outcome] = api_completions_create([ApiCall(user=user, plan=plan, messages=messages, sampling=sampling, n=n)])
+    if isinstance(outcome, QuotaExceeded):
+        raise outcome
+    return outcome
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One /v1/chat/completions call, validated: whose, under which plan, what to save."""
+
+    user: object
+    plan: Plan
+    messages: list[dict[str, str]]
+    sampling: dict
+    n: int = 1
+
+
+@transaction.atomic
+def api_completions_create(calls: list[ApiCall]) -> list[tuple[list[Message], QuotaStatus] | QuotaExceeded]:
+    """`api_completion_create` for calls that arrived together, in one transaction and a
+    handful of queries whatever their number: per user one quota count for all of their
+    calls (admitted in order while the window has room; QuotaExceeded for the rest, which
+    save nothing), then every call's conversation, messages and replies in bulk. Returns each
+    call's (replies, quota) or its QuotaExceeded, in order."""
+    outcomes: list = [None] * len(calls)
+    by_user: dict[int, list[int]] = {}
+    for index, call in enumerate(calls):
+        by_user.setdefault(call.user.pk, []).append(index)
+    for indices in by_user.values():
+        first = calls[indices[0]]
+        counted, refused = quota_consume_many(user=first.user, plan=first.plan, count=len(indices))
+        for index, quota in zip(indices, counted, strict=False):
+            outcomes[index] = quota
+        for index in indices[len(counted):]:
+            outcomes[index] = QuotaExceeded(refused)
+    admitted = [index for index, outcome in enumerate(outcomes) if isinstance(outcome, QuotaStatus)]
+    if not admitted:
+        return outcomes
+    conversations = Conversation.objects.bulk_create([
+        Conversation(
+            owner=calls[index].user, source=Conversation.Source.API,
+            title=_title_from(next((m["content"] for m in calls[index].messages if m["role"] == "user"), "API request"))
+            or "API request",
         )
-    replies = [
-        Message.objects.create(
-            conversation=conversation, parent=parent, role=Message.Role.ASSISTANT,
-            status=Message.Status.PENDING, sampling=sampling, plan=plan.code, lease_expires_at=pending_lease_expiry(),
-        )
-        for _ in range(n)
-    ]
-    conversation.current = replies[0]
-    conversation.save(update_fields=["current", "updated_at"])
-    return replies, quota
+        for index in admitted
+    ])
+    # Each call's messages are a chain (each the parent of the next): saved a position at a
+    # time across calls, so every parent has its id before its child is saved.
+    parents: list[Message | None] = [None] * len(admitted)
+    for position in range(max(len(calls[index].messages) for index in admitted)):
+        rows = [
+            (slot, Message(conversation=conversation, parent=parents[slot], role=calls[index].messages[position]["role"],
+                           content=calls[index].messages[position]["content"]))
+            for slot, (index, conversation) in enumerate(zip(admitted, conversations, strict=True))
+            if position < len(calls[index].messages)
+        ]
+        Message.objects.bulk_create([message for _, message in rows])
+        for slot, message in rows:
+            parents[slot] = message
+    expiry = pending_lease_expiry()
+    replies = Message.objects.bulk_create([
+        Message(conversation=conversation, parent=parents[slot], role=Message.Role.ASSISTANT,
+                status=Message.Status.PENDING, sampling=calls[index].sampling, plan=calls[index].plan.code,
+                lease_expires_at=expiry)
+        for slot, (index, conversation) in enumerate(zip(admitted, conversations, strict=True))
+        for _ in range(calls[index].n)
+    ])
+    now = timezone.now()
+    taken = 0
+    for index, conversation in zip(admitted, conversations, strict=True):
+        own = replies[taken : taken + calls[index].n]
+        taken += calls[index].n
+        conversation.current, conversation.updated_at = own[0], now
+        outcomes[index] = (own, outcomes[index])
+    Conversation.objects.bulk_update(conversations, ["current", "updated_at"])
+    return outcomes
 
 
 def reply_send(*, reply: Message) -> None:

@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from billing.models import QuotaUse
 from billing.plans import FREE, PLUS, plan_get
-from billing.quota import QuotaExceeded, quota_consume, quota_status
+from billing.quota import QuotaExceeded, quota_consume, quota_consume_many, quota_status
 from chatsite.models import Conversation, Message
 from chatsite.services import message_send
 from tests.e2e.servers import ROOT, server_env
@@ -177,3 +177,19 @@ def test_concurrent_sends_on_postgresql_never_pass_the_limit():
     assert outcome["errors"] == []
     assert (outcome["limit"], outcome["accepted"], outcome["refused"]) == (20, 3, 13)
     assert (outcome["user_messages"], outcome["quota_uses"]) == (3, 20)
+
+
+@pytest.mark.django_db
+def test_counting_several_at_once_takes_what_the_window_has_room_for_in_order(make_user, small_free):
+    user = make_user()
+    consume(user, small_free, at(0))
+    with transaction.atomic():
+        counted, refused = quota_consume_many(user=user, plan=small_free, count=4, now=at(10))
+    assert [status.used for status in counted] == [2, 3]
+    assert all(status.next_free_at == at(3600) for status in counted)  # the first use still leaves first
+    assert refused is not None and refused.remaining == 0 and QuotaExceeded(refused).retry_after_s == 3590
+    assert QuotaUse.objects.filter(user=user).count() == 3
+    with transaction.atomic():
+        counted, refused = quota_consume_many(user=user, plan=small_free, count=2, now=at(20))
+    assert counted == [] and (refused.used, refused.next_free_at) == (3, at(3600))
+    assert QuotaUse.objects.filter(user=user).count() == 3

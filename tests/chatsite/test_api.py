@@ -131,3 +131,28 @@ async def test_an_error_no_view_expected_is_a_json_500(api_key, monkeypatch):
     assert response["status"] == 500
     assert json.loads(response["body"])["error"]["type"] == "server_error"
     assert b"a bug" not in response["body"] and b"Traceback" not in response["body"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_calls_arriving_together_are_each_answered_or_refused_on_their_own(api_key, make_user, settings):
+    from asgiref.sync import sync_to_async
+
+    from billing.api_keys import api_key_create
+    from chatsite.models import Message
+
+    other_key = (await sync_to_async(api_key_create)(user=await sync_to_async(make_user)(), name="other"))[1]
+    responses = await asyncio.gather(
+        post_completion(api_key, max_tokens=3, messages=[{"role": "user", "content": "First"}]),
+        post_completion(api_key, max_tokens=3, temperature=9),  # out of range
+        post_completion("cs-not-a-key", max_tokens=3),
+        post_completion(other_key, max_tokens=3, messages=[{"role": "user", "content": "Second"}]),
+        post_completion(api_key, max_tokens=3, n=2, messages=[{"role": "user", "content": "Third"}]),
+    )
+    assert [response.status_code for response in responses] == [200, 400, 401, 200, 400]  # Free: n is at most 1
+    bodies = [json.loads(response.content) for response in responses]
+    assert "temperature" in bodies[1]["error"]["message"].lower() and bodies[4]["error"]["param"] == "n"
+    assert bodies[0]["id"] != bodies[3]["id"]
+    assert all(body["choices"][0]["message"]["content"] for body in (bodies[0], bodies[3]))
+    questions = [m.content async for m in Message.objects.filter(role="user").order_by("id")]
+    assert sorted(questions) == ["First", "Second"]  # refused calls saved nothing

@@ -68,3 +68,20 @@ async def test_the_layer_sweeps_once_a_second_not_at_every_call(monkeypatch):
         assert len(sweeps) == 1
     else:  # a very slow machine: still at most one sweep a second
         assert len(sweeps) <= 1 + (time.monotonic() - started) / layers.SWEEP_EVERY_S
+
+
+@pytest.mark.asyncio
+async def test_the_redis_layer_subscribes_more_channels_at_once_than_its_pool_has_connections():
+    from tests.e2e.servers import require_service
+
+    require_service("127.0.0.1", 6379, "Redis")
+    layer = layers.RedisChannelLayer(hosts=[{"address": "redis://127.0.0.1:6379/11"}], prefix=f"test{time.time_ns()}")
+    channels = [await layer.new_channel() for _ in range(3 * layers.POOL_CONNECTIONS)]
+    try:
+        # As the API subscribes a burst of calls admitted together: every one at once.
+        await asyncio.gather(*(layer.group_add(f"gen.{i}", channel) for i, channel in enumerate(channels)))
+        for i in (0, len(channels) // 2, len(channels) - 1):
+            await layer.group_send(f"gen.{i}", {"type": "gen.token", "text": str(i)})
+            assert (await asyncio.wait_for(layer.receive(channels[i]), 10))["text"] == str(i)
+    finally:
+        await layer.flush()

@@ -69,3 +69,42 @@ def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(make_user, monke
     _, reply, _ = services.message_send(user=make_user(), plan=plan_get(plan_code), conversation_id=None, content="hi")
     services.reply_send(reply=reply)
     assert sent == [("chatsite.tasks.generate_reply", {"args": [reply.id], "queue": queue, "priority": priority})]
+
+
+@pytest.fixture
+def two_free_messages(settings):
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "messages_per_window": 2}}
+    return plan_get(FREE)
+
+
+def test_api_calls_admitted_together_are_saved_as_each_would_be_alone(make_user, two_free_messages):
+    from billing.quota import QuotaExceeded
+    from chatsite.services import ApiCall, api_completions_create
+
+    ada, bob = make_user(), make_user()
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Name a colour."}]
+    calls = [
+        ApiCall(user=ada, plan=two_free_messages, messages=chat, sampling={"temperature": 0.5}, n=2),
+        ApiCall(user=bob, plan=two_free_messages, messages=[{"role": "user", "content": "One"}], sampling={}),
+        ApiCall(user=ada, plan=two_free_messages, messages=[{"role": "user", "content": "Two"}], sampling={}),
+        ApiCall(user=ada, plan=two_free_messages, messages=[{"role": "user", "content": "Three"}], sampling={}),
+    ]
+    outcomes = api_completions_create(calls)
+    assert isinstance(outcomes[3], QuotaExceeded)  # Ada's third call: her window holds two
+    (first_replies, first_quota), (bob_replies, bob_quota), (second_replies, second_quota) = outcomes[:3]
+    assert (first_quota.used, second_quota.used, bob_quota.used) == (1, 2, 1)
+    # The first call: its conversation holds its messages as a chain, then two sibling replies.
+    conversation = first_replies[0].conversation
+    assert conversation.owner == ada and conversation.source == "api" and conversation.title == "Hi"
+    assert conversation.current_id == first_replies[0].id
+    chain, message = [], first_replies[0].parent
+    while message is not None:
+        chain.append((message.role, message.content))
+        message = message.parent
+    assert chain[::-1] == [(m["role"], m["content"]) for m in chat]
+    assert len(first_replies) == 2 and first_replies[1].parent_id == first_replies[0].parent_id
+    assert all(r.status == "pending" and r.sampling == {"temperature": 0.5} and r.plan == "free" for r in first_replies)
+    assert [r.parent.content for r in bob_replies + second_replies] == ["One", "Two"]
+    assert Message.objects.filter(conversation__owner=ada).count() == 4 + 2 + 1 + 1
+    assert not Message.objects.filter(content="Three").exists()  # the refused call saved nothing
