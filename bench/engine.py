@@ -220,11 +220,13 @@ def main() -> None:
     baselines = Baselines()
     result["transformers_generate_batch_32_tok_s"] = baselines.generate_batch()
     print(f"    transformers generate_batch x32: {result['transformers_generate_batch_32_tok_s']:.1f} tok/s")
+    time.sleep(IDLE_SETTLE_S)  # the baselines' process quiet before the engine's load-time checks run
     engine = Engine.load(EngineConfig(max_running=32))
     time.sleep(IDLE_SETTLE_S)
     result["rss_after_load_mb"] = rss_mb()
+    result["quantization"] = engine.quantization
     print(f"engine on {engine.runner.device} in {engine.runner.dtype}; torch threads {torch.get_num_threads()}; "
-          f"resident {result['rss_after_load_mb']:.0f} MB after load")
+          f"resident {result['rss_after_load_mb']:.0f} MB after load; {engine.quantization or 'not quantized'}")
     http = None if args.skip_http else HttpBench()  # its own server, idle while the engine runs
     concurrent(engine, 2)  # warm-up
     result["engine"], result["http"] = {}, {}

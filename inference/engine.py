@@ -159,6 +159,7 @@ class Engine:
         # `auto` keeps to it (explicit int4/int8 still apply).
         quant = "none" if config.quant == "auto" and config.dtype not in ("auto", "bf16") else config.quant
         quantized = self.runner.quantize(quant, f"{source.path}/{source.gguf_file}" if source.gguf_file else None)
+        self.quantization = quantized  # what CHAT_QUANT did, in words (its load-time check's figures)
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
         self._output = OutputStage(
             self.tokenizer, threaded=self.runner.threaded_outputs, on_stop=self._stop_found, after_batch=self._after_batch
