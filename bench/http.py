@@ -148,42 +148,49 @@ class HttpBench:
                 await asyncio.sleep(0.5)
         raise RuntimeError("the benchmark server did not start")
 
-    async def _one(self, model: str, n: int, new_tokens: int = NEW_TOKENS) -> tuple[int, float]:
-        """One streamed request: its completion tokens, and the seconds until the first piece
-        of its answer arrived."""
+    async def _one(self, model: str, n: int, new_tokens: int = NEW_TOKENS) -> tuple[int, float, float]:
+        """One streamed request: its completion tokens, the seconds until the first text of its
+        answer arrived, and until the stream opened (the call admitted and its reply queued)."""
         body = {
             "model": model, "messages": [{"role": "user", "content": question(n)}], "max_tokens": new_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}, "ignore_eos": True,
         }
-        tokens, tail, first = 0, b"", None
+        tokens, tail, first, opened = 0, b"", None, None
         started = time.perf_counter()
         async for piece in self._request("POST", "/v1/chat/completions", json.dumps(body).encode()):
-            if first is None and b'"content"' in piece:
-                first = time.perf_counter() - started
+            if opened is None:
+                opened = time.perf_counter() - started
             lines = (tail + piece).split(b"\n")
             tail = lines.pop()
             for line in lines:
-                if b'"usage"' in line:  # the last chunk (include_usage): only this one is parsed
+                if first is None and b'"content": "' in line and _has_text(line):
+                    # The answer's first text; the opening chunk (role, empty content) is not.
+                    first = time.perf_counter() - started
+                if b'"usage"' in line:  # the last chunk (include_usage)
                     tokens = json.loads(line[len(b"data: "):])["usage"]["completion_tokens"]
-        return tokens, first if first is not None else time.perf_counter() - started
+        ended = time.perf_counter() - started
+        return tokens, first if first is not None else ended, opened if opened is not None else ended
 
     def run(self, n: int, new_tokens: int = NEW_TOKENS) -> dict:
         """n concurrent streams; aggregate completion tokens per second, the times to the
-        first piece of an answer (median, 90th percentile, longest), and the CPU seconds the
+        first text of an answer (median, 90th percentile, longest), the median time until a
+        stream opened (`opened_p50_s`: the call admitted, its reply queued), and the CPU seconds the
         server spent meanwhile: `torch_cpu_s` in its two busiest threads (the engine's torch
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
         distributed mode only the web process is counted."""
         async def wave():
             started = time.perf_counter()
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
-            return sum(tokens for tokens, _ in answers) / (time.perf_counter() - started), [ttft for _, ttft in answers]
+            return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
         before = _server_thread_cpu_s(self._server.pid)
-        tok_s, ttfts = self._loop.run_until_complete(wave())
+        tok_s, answers = self._loop.run_until_complete(wave())
+        ttfts, opened = [answer[1] for answer in answers], [answer[2] for answer in answers]
         after = _server_thread_cpu_s(self._server.pid)
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
         deciles = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
         return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "ttft_p90_s": deciles[-1], "ttft_max_s": max(ttfts),
+                "opened_p50_s": statistics.median(opened),
                 "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
 
     @staticmethod
@@ -249,3 +256,9 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _has_text(line: bytes) -> bool:
+    """Whether an SSE `data:` line's chunk carries some of the answer's text."""
+    chunk = json.loads(line[len(b"data: "):])
+    return any(choice.get("delta", {}).get("content") for choice in chunk.get("choices", ()))

@@ -18,7 +18,8 @@ from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
 
-SEND_TIMEOUT_S = 2.0  # one send; past it the frame is dropped and the queue moves on
+SEND_TIMEOUT_S = 2.0  # one batch's send; past it the batch is dropped and the queue moves on
+SEND_BATCH = 256  # frames sent together, at most
 # After a failed send, token frames are dropped without trying for this long: while the layer
 # is down each try would wait SEND_TIMEOUT_S, and the queue would fall minutes behind. Ends
 # and errors are still tried; the text is in the database either way.
@@ -107,9 +108,11 @@ _flushing_on: asyncio.AbstractEventLoop | None = None  # the loop whose _flush i
 
 async def _flush() -> None:
     """Send the queue, oldest first, until it is empty. One at a time per loop, so each
-    group's messages arrive in the order they were published."""
+    group's messages arrive in the order they were published; what queued up meanwhile goes
+    in batches of up to SEND_BATCH (`group_send_many`, a couple of trips to Redis a batch)."""
     global _flushing_on
     layer = get_channel_layer()
+    send_many = getattr(layer, "group_send_many", None) or _one_by_one(layer)
     down_until = 0.0
     while True:
         with _pending_lock:
@@ -118,14 +121,24 @@ async def _flush() -> None:
                 return
             batch = _pending[:]
             _pending.clear()
-        for group, payload in batch:
-            if payload["type"] == "gen.token" and time.monotonic() < down_until:
-                continue
+        if time.monotonic() < down_until:
+            batch = [(group, payload) for group, payload in batch if payload["type"] != "gen.token"]
+        for start in range(0, len(batch), SEND_BATCH):
+            part = batch[start:start + SEND_BATCH]
             try:
-                await asyncio.wait_for(layer.group_send(group, payload), SEND_TIMEOUT_S)
-            except Exception as error:  # the layer is down or full: this frame is lost, the database keeps the text
-                logger.warning("could not publish %s to %s: %r", payload["type"], group, error)
+                await asyncio.wait_for(send_many(part), SEND_TIMEOUT_S)
+            except Exception as error:  # the layer is down or full: these frames are lost, the database keeps the text
+                logger.warning("could not publish %s frames (%s): %r", len(part),
+                               ", ".join(sorted({payload["type"] for _, payload in part})), error)
                 down_until = time.monotonic() + OUTAGE_BACKOFF_S
+
+
+def _one_by_one(layer):
+    async def send_many(messages: list[tuple[str, dict]]) -> None:
+        for group, payload in messages:
+            await layer.group_send(group, payload)
+
+    return send_many
 
 
 def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:
