@@ -107,19 +107,19 @@ def test_a_database_error_before_the_claim_runs_the_task_again(make_user, monkey
     from chatsite.tasks import generate_reply
 
     _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
-    real_filter, calls = Message.objects.filter, []
+    real_claim, calls = generation.lease_claim, []
 
-    def flaky_filter(*args, **kwargs):
+    def flaky_claim(*, message_id):
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("too many clients already")
-        return real_filter(*args, **kwargs)
+        return real_claim(message_id=message_id)
 
-    monkeypatch.setattr(generation.Message.objects, "filter", flaky_filter)
+    monkeypatch.setattr(generation, "lease_claim", flaky_claim)
     monkeypatch.setattr(generate_reply, "retry_backoff", False)  # retry at once
     generate_reply.apply(args=[reply.id])
     reply.refresh_from_db()
-    assert reply.status == "done" and reply.content
+    assert reply.status == "done" and reply.content and len(calls) == 2
 
 
 def test_streaming_text_goes_out_first_at_once_then_once_per_interval(make_user, slow_engine, settings, monkeypatch):
