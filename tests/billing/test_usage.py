@@ -8,9 +8,8 @@ pytestmark = pytest.mark.django_db
 
 
 def record(user, message_id, **changes):
-    fields = dict(plan="free", source="api", status="done", prompt_tokens=12, completion_tokens=30,
-                  queue_wait_s=0.5, ttft_s=0.1, decode_s=1.2, compute_s=0.4)
-    fields.update(changes)
+    fields = {"plan": "free", "source": "api", "status": "done", "prompt_tokens": 12, "completion_tokens": 30,
+              "queue_wait_s": 0.5, "ttft_s": 0.1, "decode_s": 1.2, "compute_s": 0.4, **changes}
     return usage_record(user=user, message_id=message_id, **fields)
 
 
