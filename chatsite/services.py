@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.core.cache import cache
 from django.db import transaction
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from billing.plans import Plan, plan_get
@@ -269,7 +270,12 @@ def api_completions_create(calls: list[ApiCall]) -> list[tuple[list[Message], Qu
         taken += calls[index].n
         conversation.current, conversation.updated_at = own[0], now
         outcomes[index] = (own, outcomes[index])
-    Conversation.objects.bulk_update(conversations, ["current", "updated_at"])
+    # One UPDATE whatever the number of conversations (bulk_update's CASE per row is a large
+    # statement to build): each conversation's current message is its first pending reply.
+    first_reply = Message.objects.filter(
+        conversation=OuterRef("pk"), role=Message.Role.ASSISTANT, status=Message.Status.PENDING
+    ).order_by("id").values("id")[:1]
+    Conversation.objects.filter(id__in=[c.id for c in conversations]).update(current=Subquery(first_reply), updated_at=now)
     return outcomes
 
 

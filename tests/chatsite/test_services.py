@@ -98,6 +98,8 @@ def test_api_calls_admitted_together_are_saved_as_each_would_be_alone(make_user,
     conversation = first_replies[0].conversation
     assert conversation.owner == ada and conversation.source == "api" and conversation.title == "Hi"
     assert conversation.current_id == first_replies[0].id
+    saved = dict(Conversation.objects.filter(owner__in=[ada, bob]).values_list("id", "current_id"))
+    assert saved == {r[0].conversation_id: r[0].id for r in (first_replies, bob_replies, second_replies)}
     chain, message = [], first_replies[0].parent
     while message is not None:
         chain.append((message.role, message.content))
