@@ -232,6 +232,12 @@ def _server_thread_cpu_s(pid: int) -> dict[str, float]:
     return used
 
 
+def _has_text(line: bytes) -> bool:
+    """Whether an SSE `data:` line's chunk carries some of the answer's text."""
+    chunk = json.loads(line[len(b"data: "):])
+    return any(choice.get("delta", {}).get("content") for choice in chunk.get("choices", ()))
+
+
 def main() -> None:
     """`python -m bench.http 32 32 32`: bursts of N streams against one server, each with its
     tokens/s and where the CPU went: the engine's torch threads, the rest of the server, and
@@ -256,9 +262,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def _has_text(line: bytes) -> bool:
-    """Whether an SSE `data:` line's chunk carries some of the answer's text."""
-    chunk = json.loads(line[len(b"data: "):])
-    return any(choice.get("delta", {}).get("content") for choice in chunk.get("choices", ()))

@@ -112,7 +112,6 @@ async def _flush() -> None:
     in batches of up to SEND_BATCH (`group_send_many`, a couple of trips to Redis a batch)."""
     global _flushing_on
     layer = get_channel_layer()
-    send_many = getattr(layer, "group_send_many", None) or _one_by_one(layer)
     down_until = 0.0
     while True:
         with _pending_lock:
@@ -126,19 +125,11 @@ async def _flush() -> None:
         for start in range(0, len(batch), SEND_BATCH):
             part = batch[start:start + SEND_BATCH]
             try:
-                await asyncio.wait_for(send_many(part), SEND_TIMEOUT_S)
+                await asyncio.wait_for(layer.group_send_many(part), SEND_TIMEOUT_S)
             except Exception as error:  # the layer is down or full: these frames are lost, the database keeps the text
                 logger.warning("could not publish %s frames (%s): %r", len(part),
                                ", ".join(sorted({payload["type"] for _, payload in part})), error)
                 down_until = time.monotonic() + OUTAGE_BACKOFF_S
-
-
-def _one_by_one(layer):
-    async def send_many(messages: list[tuple[str, dict]]) -> None:
-        for group, payload in messages:
-            await layer.group_send(group, payload)
-
-    return send_many
 
 
 def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:

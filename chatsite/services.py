@@ -190,18 +190,6 @@ def _latest_leaf(message: Message) -> Message:
     return message
 
 
-def api_completion_create(
-    *, user, plan: Plan, messages: list[dict[str, str]], sampling: dict, n: int = 1
-) -> tuple[list[Message], QuotaStatus]:
-    """Count the call as one message against the user's quota (QuotaExceeded: nothing saved),
-    then save its messages as a conversation of their own (not listed in the chat) and `n`
-    pending replies to them, siblings, each carrying the call's sampling parameters."""
-    [outcome] = api_completions_create([ApiCall(user=user, plan=plan, messages=messages, sampling=sampling, n=n)])
-    if isinstance(outcome, QuotaExceeded):
-        raise outcome
-    return outcome
-
-
 @dataclass(frozen=True)
 class ApiCall:
     """One /v1/chat/completions call, validated: whose, under which plan, what to save."""
@@ -215,11 +203,13 @@ class ApiCall:
 
 @transaction.atomic
 def api_completions_create(calls: list[ApiCall]) -> list[tuple[list[Message], QuotaStatus] | QuotaExceeded]:
-    """`api_completion_create` for calls that arrived together, in one transaction and a
-    handful of queries whatever their number: per user one quota count for all of their
-    calls (admitted in order while the window has room; QuotaExceeded for the rest, which
-    save nothing), then every call's conversation, messages and replies in bulk. Returns each
-    call's (replies, quota) or its QuotaExceeded, in order."""
+    """Save API calls that arrived together, in one transaction and a handful of queries
+    whatever their number. Each call counts as one message against its user's quota (per user
+    one count for all of their calls, admitted in order while the window has room;
+    QuotaExceeded for the rest, which save nothing); each admitted call's messages become a
+    conversation of its own (not listed in the chat) with `n` pending replies to them,
+    siblings carrying the call's sampling parameters. Returns each call's (replies, quota) or
+    its QuotaExceeded, in order."""
     outcomes: list = [None] * len(calls)
     by_user: dict[int, list[int]] = {}
     for index, call in enumerate(calls):
@@ -315,7 +305,7 @@ def turn_withdraw(*, turn: Turn) -> None:
 
 @transaction.atomic
 def api_completion_withdraw(*, replies: list[Message], quota: QuotaStatus) -> None:
-    """Undo `api_completion_create` when its replies could not be queued: the call's
+    """Undo `api_completions_create` for one call when its replies could not be queued: the call's
     conversation goes, and the quota use is given back."""
     conversation = replies[0].conversation
     owner = conversation.owner
