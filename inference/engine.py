@@ -90,6 +90,33 @@ class _SequenceState:
 
 
 @dataclass
+class _Launched:
+    """A decode step launched on the device, its tokens not yet read: the requests of its
+    rows, and their chosen ids, log-probabilities and finite flags on their way to the host."""
+
+    requests: list[Request]
+    chosen: torch.Tensor  # [3, rows] float64, on the host once `ready` has passed
+    ready: torch.cuda.Event | None
+    launched: float  # perf_counter
+
+    @classmethod
+    def start(cls, requests: list[Request], chosen: torch.Tensor, launched: float) -> _Launched:
+        if not chosen.is_cuda:
+            return cls(requests, chosen, None, launched)
+        host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+        host.copy_(chosen, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return cls(requests, host, ready, launched)
+
+    def result(self) -> list[list[float]]:
+        """[ids, log-probabilities, finite flags], waiting for the device where it must."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        return self.chosen.tolist()
+
+
+@dataclass
 class EngineStats:
     busy_s: float = 0.0  # wall time of steps, shared out to requests as compute_s
     steps: int = 0
@@ -126,6 +153,10 @@ class Engine:
         # Admitted, their prompt not yet wholly prefilled (`_prefill`): id → (request, tokens in its slot).
         self._prefilling: dict[int, tuple[Request, int]] = {}
         self._interjected_s = 0.0  # of the step under way, spent on those prefills
+        # Where the runner overlaps (`runner.overlap`): the decode step launched and not yet
+        # read back, and when the host last finished reading one back (or prefilling).
+        self._launched: _Launched | None = None
+        self._mark = time.perf_counter()
         self._load_error: BaseException | None = None
         # Called after every step, once its events are out (from the thread that made them):
         # an engine process sends them on from there (inference.engine_process).
@@ -299,6 +330,7 @@ class Engine:
         self.runner.clear()
         self._early.clear()
         self._prefilling.clear()
+        self._launched = None
         for request in self._scheduler.requeue_running():
             if request.failed_steps:
                 self._scheduler.discard(request)
@@ -312,10 +344,29 @@ class Engine:
         self.runner.clear()
         self._early.clear()
         self._prefilling.clear()
+        self._launched = None
         for request in everything:
             self._end(request, status, reason)
 
     def step(self) -> None:
+        if self.runner.overlap:
+            self._overlapped_step()
+            return
+        started = self._schedule()
+        by_id = {request.id: request for request in self._scheduler.running}
+        decoding = [by_id[request_id] for request_id in self.runner.rows]
+        if decoding:
+            self._interjected_s = 0.0
+            logits = self.runner.decode([request.output_ids[-1] for request in decoding], self._interject)
+            finished = self._accept_all(decoding, logits)
+            self._charge(decoding, time.perf_counter() - started - self._interjected_s)
+            self._retire(finished)
+        self.stats.steps += 1
+
+    def _schedule(self) -> float:
+        """Drop the cancelled, schedule (priority, caps, preemption), prefill the newcomers and
+        send their first tokens; they join the rows of the next decode step. Returns when the
+        host finished this (the start of a decode step's time)."""
         started = time.perf_counter()
         with self._lock:
             self._urgent.clear()  # this schedule admits whatever outranks the running
@@ -343,20 +394,97 @@ class Engine:
             # Newcomers first: their first tokens go out before any batch bookkeeping.
             finished += self._prefill(fresh, started)
             self._output.flush()
-            started = time.perf_counter()
+            started = self._mark = time.perf_counter()
         self.runner.remove(gone)
         self.runner.commit()
         self._retire(finished)
+        return started
 
+    def _overlapped_step(self) -> None:
+        """step() where the runner keeps a step's input tokens on the device (the GPU runner):
+        launch this step's decode, choosing its tokens on the device, and only then read the
+        last step's tokens back and act on them (text, finishes, retirement) while the device
+        runs this one; then schedule for the next. The host's work per step hides behind the
+        device's instead of adding to it. A request that ended with the last step's token is
+        in this step too (nothing on the host knew yet): its extra token is dropped."""
+        last, self._launched = self._launched, None
         by_id = {request.id: request for request in self._scheduler.running}
         decoding = [by_id[request_id] for request_id in self.runner.rows]
+        if last is not None and any(request.params.repetition_penalty != 1.0 for request in decoding):
+            # A penalty counts every token so far, so the last step's must be on the host first.
+            self._read_back(last)
+            last = None
+            decoding = [by_id[request_id] for request_id in self.runner.rows]
+        chosen = None
         if decoding:
-            self._interjected_s = 0.0
-            logits = self.runner.decode([request.output_ids[-1] for request in decoding], self._interject)
-            finished = self._accept_all(decoding, logits)
-            self._charge(decoding, time.perf_counter() - started - self._interjected_s)
+            ahead = {request.id for request in last.requests} if last is not None else set()
+            launched = time.perf_counter()
+            logits = self.runner.forward({r.id: r.output_ids[-1] for r in decoding if r.id not in ahead})
+            try:
+                chosen = self._choose(decoding, logits, ahead)
+            except Exception:  # chosen on the host below, where a failure is one request's
+                logger.exception("choosing tokens on the device failed; choosing on the host")
+            if chosen is not None:
+                self.runner.feed(chosen[0].long())
+                self._launched = _Launched.start(decoding, chosen, launched)
+        if last is not None:
+            self._read_back(last)
+        if decoding and chosen is None:
+            rows = [row for row, request in enumerate(decoding) if not request.status.finished]
+            finished = self._accept_all([decoding[row] for row in rows], logits[rows])
+            now = time.perf_counter()
+            self._charge([decoding[row] for row in rows], now - max(launched, self._mark))
+            self._mark = now
             self._retire(finished)
+        self._schedule()
+        if self._launched is not None and not self.runner.rows:
+            # Nothing left to launch next: read this one back now, not after an idle wait.
+            last, self._launched = self._launched, None
+            self._read_back(last)
         self.stats.steps += 1
+
+    def _choose(self, requests: list[Request], logits: torch.Tensor, ahead: set[int]) -> torch.Tensor:
+        """Every row's next token chosen on the device as `_accept_all` chooses on the host,
+        with nothing read back: float64 [3, rows] of ids, log-probabilities and finite flags.
+        `ahead`: the requests with a token still on its way back (it counts toward min_tokens)."""
+        ban_rows = [not self._may_end(request, ahead=request.id in ahead) for request in requests]
+        if all(_plain_greedy(request) for request in requests):
+            tokens = greedy_batch(logits, ban_rows, self.eos_token_ids, to_host=False).double()
+            return torch.stack([tokens, torch.zeros_like(tokens), torch.ones_like(tokens)])
+        return self._sample_batch(requests, logits, ban_rows, to_host=False)
+
+    def _read_back(self, launched: _Launched) -> None:
+        """Take a launched step's tokens: each request still running records its own (and
+        may finish); one preempted since its launch records it too (the token is right, and a
+        seeded request's draws stay in order); one that ended meanwhile drops it."""
+        tokens, logprobs, finite = launched.result()
+        running = {request.id for request in self._scheduler.running}
+        charged, finished, ended_waiting = [], [], []
+        for request, token, logprob, ok in zip(launched.requests, tokens, logprobs, finite, strict=True):
+            if request.status.finished:
+                continue
+            charged.append(request)
+            try:
+                if not ok:
+                    raise ValueError("the logits gave probabilities that are not finite")
+                done = self._accept(request, int(token), logprob)
+            except Exception:  # one request's bad numbers must not end the others
+                logger.exception("request %s failed while choosing its next token", request.id)
+                request.error = ENGINE_ERROR
+                done = True
+            if done:
+                (finished if request.id in running else ended_waiting).append(request)
+        now = time.perf_counter()
+        if charged:
+            self._charge(charged, now - max(launched.launched, self._mark))
+        self._mark = now
+        self._retire(finished)
+        if ended_waiting:
+            self._freed_since_release = True
+            with self._lock:
+                for request in ended_waiting:
+                    self._scheduler.discard(request)
+                    self._end_finished(request)
 
     def _prefill(self, fresh: list[Request], started: float) -> list[Request]:
         """Prefill the newcomers and send their first tokens; return those already done.
@@ -473,7 +601,11 @@ class Engine:
     def _sample_rows(self, requests: list[Request], logits: torch.Tensor) -> list[tuple[int, float] | None]:
         """`sample_batch` for these requests; None for a row whose numbers are not finite (it
         is then sampled alone, which fails it)."""
-        tokens, logprobs, finite = sample_batch(
+        tokens, logprobs, finite = self._sample_batch(requests, logits, [not self._may_end(r) for r in requests])
+        return [(token, logprob) if ok else None for token, logprob, ok in zip(tokens, logprobs, finite, strict=True)]
+
+    def _sample_batch(self, requests: list[Request], logits: torch.Tensor, ban_rows: list[bool], *, to_host: bool = True):
+        return sample_batch(
             logits,
             [request.params for request in requests],
             [self._states[request.id].generator for request in requests],
@@ -481,10 +613,10 @@ class Engine:
                 request.prompt_ids + request.output_ids if request.params.repetition_penalty != 1.0 else []
                 for request in requests
             ],
-            ban_rows=[not self._may_end(request) for request in requests],
+            ban_rows=ban_rows,
             banned_tokens=self.eos_token_ids,
+            to_host=to_host,
         )
-        return [(token, logprob) if ok else None for token, logprob, ok in zip(tokens, logprobs, finite, strict=True)]
 
     def _sample_row(self, request: Request, logits: torch.Tensor) -> tuple[int, float]:
         params = request.params
@@ -497,8 +629,9 @@ class Engine:
         )
 
     @staticmethod
-    def _may_end(request: Request) -> bool:
-        return not request.params.ignore_eos and len(request.output_ids) >= request.params.min_tokens
+    def _may_end(request: Request, ahead: bool = False) -> bool:
+        """Whether the next token may end `request`; `ahead`: one more is on its way back."""
+        return not request.params.ignore_eos and len(request.output_ids) + ahead >= request.params.min_tokens
 
     def _accept(self, request: Request, token: int, logprob: float) -> bool:
         """Record the token `request` chose; whether that ends it. Its text is made, and its

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from inference import decoder
 from inference.decoder import _rms_norm
 from inference.runner import prefill_by_prefix
+from inference.sampling import on_device
 from inference.slots import SlotTable, batch_sizes, length_sizes, size_for
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,9 @@ class GpuRunner:
     # A step leaves the host waiting on the device, interpreter lock released: time the
     # engine's output thread turns the last step's tokens into text (inference.outputs).
     threaded_outputs = True
+    # A step's input tokens can stay on the device (`forward`, `feed`): the engine launches a
+    # step before it reads the last one's tokens back, and does its bookkeeping meanwhile.
+    overlap = True
 
     def __init__(
         self,
@@ -99,6 +103,7 @@ class GpuRunner:
         self._row_index = torch.arange(slots, device=device)
         cos, sin = self._decoder.rotary_tables
         self._cos, self._sin, self._last_position = cos, sin, cos.shape[0] - 1
+        self._stepped = self._row_index[:0]  # the slots of the last step's rows, on the device
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
 
@@ -209,19 +214,37 @@ class GpuRunner:
     def decode(self, tokens: list[int], between_layers: Callable[[], None] | None = None) -> torch.Tensor:
         """Feed one token per row (in row order); return next-token logits [rows, vocab].
         `between_layers` is not called: a step is one graph, and milliseconds long."""
+        return self.forward(dict(zip(self.rows, tokens, strict=True)))
+
+    @torch.inference_mode()
+    def forward(self, known: dict[int, int]) -> torch.Tensor:
+        """Launch one decode step over every row and return its next-token logits [rows,
+        vocab] without waiting for the device. A row's input token is `known[request id]`
+        where given, else the one `feed()` left on the device after the last step: so the
+        engine can launch a step before it has read the last one's tokens back. A row whose
+        sequence fills its slot (its request ends with the last step's token) runs as an
+        empty row."""
         slots = [self._slots.slot_of(request_id) for request_id in self.rows]
         lengths = [self._lengths[request_id] for request_id in self.rows]
         batch = size_for(self._slots.span, self._batch_sizes)
-        span = size_for(max(lengths) + 1, self._length_sizes)
-        inputs = torch.zeros((2, batch), dtype=torch.long)
-        inputs[1] = self.capacity  # empty rows
-        inputs[0, slots] = torch.tensor(tokens)
-        inputs[1, slots] = torch.tensor(lengths)
-        self._inputs[:, :batch].copy_(inputs, non_blocking=True)
+        span = size_for(min(max(lengths), self.capacity - 1) + 1, self._length_sizes)
+        positions = torch.full((batch,), self.capacity, dtype=torch.long)
+        positions[slots] = torch.tensor(lengths).clamp_(max=self.capacity)
+        self._inputs[1, :batch] = on_device(positions, self.device)
+        if known:
+            index, values = on_device([[self._slots.slot_of(request_id) for request_id in known], list(known.values())],
+                                      self.device)
+            self._inputs[0, index] = values
         logits = self._run(batch, span)
         for request_id in self.rows:
             self._lengths[request_id] += 1
-        return logits[torch.tensor(slots, device=self.device)]
+        self._stepped = on_device(slots, self.device)
+        return logits[self._stepped]
+
+    def feed(self, tokens: torch.Tensor) -> None:
+        """The tokens chosen from the last `forward()`'s logits, one per row of it, on the
+        device: the next step's input for the rows that `known` does not name."""
+        self._inputs[0, self._stepped] = tokens
 
     def release_free_memory(self) -> None:
         """The KV cache is allocated once; prefill's temporaries go back to the CUDA driver."""

@@ -92,6 +92,8 @@ class ModelRunner:
     chunked_prefill = False
     # Text is made in the engine's own thread: between steps the machine's cores are torch's.
     threaded_outputs = False
+    # Every step's input tokens come from the host (`decode`), chosen after the last step.
+    overlap = False
 
     def __init__(
         self,

@@ -181,6 +181,48 @@ def test_a_preempted_request_resumes_with_its_text_intact(tiny_engine_config, ru
         engine.shutdown()
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_preempted_seeded_answer_is_the_answer_it_gives_alone(tiny_engine_config, runner):
+    """Preempted while a step of its is on the device (the GPU runner launches the next step
+    before reading the last back), a seeded request keeps that step's token and its draws
+    stay in order."""
+    engine = Engine.load(EngineConfig(model=tiny_engine_config.model, dtype="fp32", max_running=1, runner=runner))
+    try:
+        seeded = SamplingParams(temperature=1.0, seed=11, max_new_tokens=60, ignore_eos=True)
+        alone = engine.submit(prompt(engine, "free"), seeded)
+        run(alone)
+        free = engine.submit(prompt(engine, "free"), seeded, priority=0)
+        next(free.events(timeout=30))
+        plus = engine.submit(prompt(engine, "plus"), SamplingParams(temperature=0, max_new_tokens=5), priority=10)
+        assert run(plus)[2].status is RequestStatus.DONE
+        assert run(free)[2].usage.completion_tokens == 60
+        assert free.preemptions == 1
+        assert free.output_ids == alone.output_ids
+    finally:
+        engine.shutdown()
+
+
+def test_the_gpu_runner_launches_a_step_before_reading_the_last_one_back(tiny_engine_config, monkeypatch):
+    """The host's work on a step's tokens (text, finishes) overlaps the device's next step:
+    each step is launched before the one before it is read back."""
+    from inference import engine as engine_module
+
+    engine = Engine.load(replace(tiny_engine_config, runner="gpu"))
+    calls = []
+    real_forward, real_result = engine.runner.forward, engine_module._Launched.result
+    monkeypatch.setattr(engine.runner, "forward", lambda known: calls.append("launch") or real_forward(known))
+    monkeypatch.setattr(engine_module._Launched, "result", lambda self: calls.append("read") or real_result(self))
+    try:
+        finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True)))[2]
+        assert finish.usage.completion_tokens == 6
+        # The first token comes from the prefill, the other five from five steps, each read
+        # back after the next is launched; the sixth step's token is dropped (the answer was
+        # done), read back at once since nothing is left to launch.
+        assert calls == ["launch", *["launch", "read"] * 5, "read"]
+    finally:
+        engine.shutdown()
+
+
 def test_stop_strings_end_the_answer_before_them_and_are_never_streamed(engine):
     ids = prompt(engine)
     sampled = SamplingParams(temperature=1.0, seed=5, max_new_tokens=40)
@@ -370,10 +412,17 @@ def test_a_request_whose_sampling_fails_fails_alone(engine, sampling_fails_for_s
     assert run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=4)))[2].status is RequestStatus.DONE
 
 
+def step_method(engine) -> str:
+    """The runner's call that runs a decode step: the GPU runner's `forward` launches one whose
+    input tokens stay on the device."""
+    return "forward" if engine.runner.overlap else "decode"
+
+
 def test_a_step_that_fails_once_is_retried_and_the_answers_are_unchanged(engine, monkeypatch):
     greedy = SamplingParams(temperature=0, max_new_tokens=20)
     alone = {text: run(engine.submit(prompt(engine, text), greedy))[0] for text in ("one", "two")}
-    real_decode, calls = engine.runner.decode, []
+    method = step_method(engine)
+    real_decode, calls = getattr(engine.runner, method), []
 
     def decode(*args, **kwargs):
         calls.append(1)
@@ -381,7 +430,7 @@ def test_a_step_that_fails_once_is_retried_and_the_answers_are_unchanged(engine,
             raise RuntimeError("a device error in the middle of a step")
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(engine.runner, "decode", decode)
+    monkeypatch.setattr(engine.runner, method, decode)
     together = {text: engine.submit(prompt(engine, text), greedy) for text in alone}
     results = {text: run(request) for text, request in together.items()}
     assert len(calls) > 5
@@ -390,14 +439,15 @@ def test_a_step_that_fails_once_is_retried_and_the_answers_are_unchanged(engine,
 
 
 def test_requests_in_two_failed_steps_fail_and_the_engine_serves_on(engine, monkeypatch):
-    real_decode, broken = engine.runner.decode, [True]
+    method = step_method(engine)
+    real_decode, broken = getattr(engine.runner, method), [True]
 
     def decode(*args, **kwargs):
         if broken[0]:
             raise RuntimeError("the device is gone")
         return real_decode(*args, **kwargs)
 
-    monkeypatch.setattr(engine.runner, "decode", decode)
+    monkeypatch.setattr(engine.runner, method, decode)
     finish = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=8)))[2]
     assert finish.status is RequestStatus.FAILED
     broken[0] = False

@@ -63,6 +63,28 @@ def test_pending_sequences_hold_slots_until_committed_or_dropped(tiny_model_dir)
     assert runner.rows == [] and runner.padded_tokens == 0
 
 
+def test_a_step_takes_the_tokens_fed_on_the_device_where_the_host_names_none(tiny_model_dir):
+    """`forward` launches a step before the host has the last step's tokens: a row the host
+    names no token for takes the one `feed` left on the device; a newcomer's comes from the
+    host. A row whose sequence fills its slot runs as an empty row and disturbs no other."""
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    runner = GpuRunner(model, torch.device("cpu"), slots=3, capacity=8)
+    runner.prefill({1: [5, 6, 7], 2: [8, 9, 10, 11, 12, 13]})
+    runner.commit()
+    runner.forward({1: 20, 2: 21})
+    runner.feed(torch.tensor([30, 31]))  # chosen on the device, never read by the host
+    runner.prefill({3: [1, 2]})
+    runner.commit()
+    logits = runner.forward({3: 4})
+    torch.testing.assert_close(logits[0], logits_alone(model, [5, 6, 7, 20, 30]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1], logits_alone(model, [8, 9, 10, 11, 12, 13, 21, 31]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[2], logits_alone(model, [1, 2, 4]), atol=1e-4, rtol=1e-4)
+    runner.feed(torch.tensor([40, 41, 42]))
+    logits = runner.forward({})  # request 2 holds 8 tokens: its slot is full, its row empty
+    torch.testing.assert_close(logits[0], logits_alone(model, [5, 6, 7, 20, 30, 40]), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[2], logits_alone(model, [1, 2, 4, 42]), atol=1e-4, rtol=1e-4)
+
+
 def test_a_prompt_prefilled_in_parts_is_the_prompt_prefilled_whole(tiny_model_dir):
     """Parts of 7, 20 and the rest: no logits until the last part, then the logits of the
     whole prompt; the steps after it and its neighbour's are those of each sequence alone."""
