@@ -10,6 +10,11 @@ REPEATS bursts: milliseconds a step, tokens/s, and the CPU time a step of each t
 engine's, the output stage's), read from /proc. torch keeps to one thread, the caller's (its
 pool's idle threads would spin and count), so the engine thread's time is its Python and the
 torch calls it makes, as on a GPU, plus the model's small arithmetic.
+
+`--device-ms MS` stands in for a device: a step's tokens are not read back before MS after its
+launch (the reader sleeps, interpreter lock released, as it waits on a CUDA event). So what
+a GPU's step would cost end to end can be seen on a CPU: MS where the host's work hides
+behind the device's, more where it does not.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.engine import finish_of
 from inference import Engine, EngineConfig, SamplingParams
+from inference import engine as engine_module
 from inference.loading import load_tokenizer, resolve_model_source
 
 NEW_TOKENS = 64
@@ -75,12 +81,36 @@ def measure(engine: Engine, n: int) -> dict:
     return sorted(runs, key=lambda run: run["ms_per_step"])[len(runs) // 2]
 
 
+def stand_in_for_a_device(milliseconds: float) -> None:
+    """A launched step's tokens come back `milliseconds` after the device is free to run it:
+    after its launch, and after the step before it is done (a device runs steps in turn)."""
+    real_start, real_result = engine_module._Launched.start, engine_module._Launched.result
+    free_at = [0.0]
+
+    def start(requests, chosen, launched):
+        step = real_start(requests, chosen, launched)
+        free_at[0] = step.done_at = max(time.perf_counter(), free_at[0]) + milliseconds / 1e3
+        return step
+
+    def result(step):
+        wait = step.done_at - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
+        return real_result(step)
+
+    engine_module._Launched.start = start
+    engine_module._Launched.result = result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("levels", nargs="*", type=int, default=[32, 256])
     parser.add_argument("--runner", default="gpu", choices=["gpu", "cpu"])
+    parser.add_argument("--device-ms", type=float, default=0.0, help="a stand-in device's time a step")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.device_ms:
+        stand_in_for_a_device(args.device_ms)
     tokenizer = load_tokenizer(resolve_model_source(""))
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
