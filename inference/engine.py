@@ -447,8 +447,11 @@ class Engine:
         """Every row's next token chosen on the device as `_accept_all` chooses on the host,
         with nothing read back: float64 [3, rows] of ids, log-probabilities and finite flags.
         `ahead`: the requests with a token still on its way back (it counts toward min_tokens)."""
-        ban_rows = [not self._may_end(request, ahead=request.id in ahead) for request in requests]
-        if all(_plain_greedy(request) for request in requests):
+        ban_rows, plain = [], True
+        for request in requests:
+            ban_rows.append(not self._may_end(request, ahead=request.id in ahead))
+            plain = plain and _plain_greedy(request)
+        if plain:
             tokens = greedy_batch(logits, ban_rows, self.eos_token_ids, to_host=False).double()
             return torch.stack([tokens, torch.zeros_like(tokens), torch.ones_like(tokens)])
         return self._sample_batch(requests, logits, ban_rows, to_host=False)
@@ -460,6 +463,7 @@ class Engine:
         tokens, logprobs, finite = launched.result()
         running = {request.id for request in self._scheduler.running}
         charged, finished, ended_waiting = [], [], []
+        now = time.time()
         for request, token, logprob, ok in zip(launched.requests, tokens, logprobs, finite, strict=True):
             if request.status.finished:
                 continue
@@ -467,7 +471,7 @@ class Engine:
             try:
                 if not ok:
                     raise ValueError("the logits gave probabilities that are not finite")
-                done = self._accept(request, int(token), logprob)
+                done = self._accept(request, int(token), logprob, now)
             except Exception:  # one request's bad numbers must not end the others
                 logger.exception("request %s failed while choosing its next token", request.id)
                 request.error = ENGINE_ERROR
@@ -633,11 +637,11 @@ class Engine:
         """Whether the next token may end `request`; `ahead`: one more is on its way back."""
         return not request.params.ignore_eos and len(request.output_ids) + ahead >= request.params.min_tokens
 
-    def _accept(self, request: Request, token: int, logprob: float) -> bool:
+    def _accept(self, request: Request, token: int, logprob: float, now: float | None = None) -> bool:
         """Record the token `request` chose; whether that ends it. Its text is made, and its
-        stop strings looked for, by the output stage."""
+        stop strings looked for, by the output stage. `now`: time.time(), once for a batch."""
         state = self._states[request.id]
-        now = time.time()
+        now = now or time.time()
         if token in self.eos_token_ids and self._may_end(request):
             request.finish_reason = "eos"
             return True
@@ -655,10 +659,14 @@ class Engine:
         return False
 
     def _charge(self, requests: list[Request], seconds: float, weights: list[int] | None = None) -> None:
-        weights = weights or [1] * len(requests)
-        total = sum(weights)
-        for request, weight in zip(requests, weights, strict=True):
-            request.usage.compute_s += seconds * weight / total
+        if weights is None:  # a decode step: a token each, an equal share each
+            share = seconds / max(1, len(requests))
+            for request in requests:
+                request.usage.compute_s += share
+        else:
+            total = sum(weights)
+            for request, weight in zip(requests, weights, strict=True):
+                request.usage.compute_s += seconds * weight / total
         self.stats.busy_s += seconds
 
     def _retire(self, finished: list[Request]) -> None:

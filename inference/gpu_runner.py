@@ -224,8 +224,12 @@ class GpuRunner:
         engine can launch a step before it has read the last one's tokens back. A row whose
         sequence fills its slot (its request ends with the last step's token) runs as an
         empty row."""
-        slots = [self._slots.slot_of(request_id) for request_id in self.rows]
-        lengths = [self._lengths[request_id] for request_id in self.rows]
+        slot_of, held = self._slots.slot_of, self._lengths
+        slots, lengths = [], []
+        for request_id in self.rows:
+            slots.append(slot_of(request_id))
+            lengths.append(held[request_id])
+            held[request_id] += 1  # after this step
         batch = size_for(self._slots.span, self._batch_sizes)
         span = size_for(min(max(lengths), self.capacity - 1) + 1, self._length_sizes)
         positions = torch.full((batch,), self.capacity, dtype=torch.long)
@@ -236,8 +240,6 @@ class GpuRunner:
                                       self.device)
             self._inputs[0, index] = values
         logits = self._run(batch, span)
-        for request_id in self.rows:
-            self._lengths[request_id] += 1
         self._stepped = on_device(slots, self.device)
         return logits[self._stepped]
 

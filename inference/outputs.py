@@ -148,7 +148,7 @@ class OutputStage:
             self._on_stop(request, state.tokens)
             return
         # Hold back a tail that could still become a stop string.
-        self._send(request, state, len(state.text) - stop_prefix_length(state.text, stops))
+        self._send(request, state, len(state.text) - stop_prefix_length(state.text, stops) if stops else len(state.text))
 
     def _send(self, request: Request, state: _Text, upto: int) -> None:
         if upto > state.emitted:

@@ -48,19 +48,24 @@ class Scheduler:
         """Preempt to keep the running set under the KV cap, then fill free capacity from the
         waiting queue by priority, preempting lower-priority requests where that makes room."""
         schedule = Schedule()
-        while self.kv_tokens() > self.max_kv_tokens and len(self.running) > 1:
-            schedule.preempted.append(self._preempt(self._victim(below=None)))
+        held = self.kv_tokens()  # kept up to date below: a burst's admission stays linear
+        while held > self.max_kv_tokens and len(self.running) > 1:
+            victim = self._preempt(self._victim(below=None))
+            held -= victim.num_tokens + 1
+            schedule.preempted.append(victim)
         while self._waiting:
             candidate = self._waiting[0][2]
             needed = candidate.num_tokens + 1
-            if len(self.running) < self.max_running and self.kv_tokens() + needed <= self.max_kv_tokens:
+            if len(self.running) < self.max_running and held + needed <= self.max_kv_tokens:
                 heapq.heappop(self._waiting)
                 self.running.append(candidate)
                 schedule.admitted.append(candidate)
+                held += needed
                 continue
             victim = self._victim(below=candidate.priority)
             if victim is None:
                 break
+            held -= victim.num_tokens + 1
             schedule.preempted.append(self._preempt(victim))
         return schedule
 
