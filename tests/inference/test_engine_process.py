@@ -149,8 +149,8 @@ def test_a_model_that_cannot_load_raises_in_the_caller(process_config, tmp_path)
 def test_coalesce_joins_each_requests_tokens_in_order():
     finish = FinishEvent(status=RequestStatus.DONE, reason="length", usage=None)
     batch = [(1, TokenEvent("a", 0)), (2, TokenEvent("x", 5)), (1, TokenEvent("", 1)), (1, TokenEvent("b", 2)),
-             (1, finish), (2, TokenEvent("y", 6))]
-    assert coalesce(batch) == [(1, [TokenEvent("ab", 0), finish]), (2, [TokenEvent("xy", 5)])]
+             (1, finish), (2, TokenEvent("y", 6)), (3, finish)]
+    assert coalesce(batch) == [(1, "ab", 0, finish), (2, "xy", 5, None), (3, "", -1, finish)]
 
 
 def test_the_process_is_used_on_cuda_or_when_asked(process_config):
