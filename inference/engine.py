@@ -192,9 +192,7 @@ class Engine:
         quantized = self.runner.quantize(quant, f"{source.path}/{source.gguf_file}" if source.gguf_file else None)
         self.quantization = quantized  # what CHAT_QUANT did, in words (its load-time check's figures)
         self.eos_token_ids = _eos_token_ids(self.runner.model, self.tokenizer)
-        self._output = OutputStage(
-            self.tokenizer, threaded=self.runner.threaded_outputs, on_stop=self._stop_found, after_batch=self._after_batch
-        )
+        self._output = OutputStage(self.tokenizer, on_stop=self._stop_found, after_batch=self._after_batch)
         if config.prefix_cache and (prefix := shared_prefix_ids(self.tokenizer)):
             self.runner.set_shared_prefix(prefix)
         self.runner.drop_model_matrices()

@@ -51,9 +51,6 @@ class GpuRunner:
     # A sequence's KV is in its slot from the first token prefilled: a long prompt can be
     # prefilled in parts over several steps (`prefill_part`).
     chunked_prefill = True
-    # A step leaves the host waiting on the device, interpreter lock released: time the
-    # engine's output thread turns the last step's tokens into text (inference.outputs).
-    threaded_outputs = True
     # A step's input tokens can stay on the device (`forward`, `feed`): the engine launches a
     # step before it reads the last one's tokens back, and does its bookkeeping meanwhile.
     overlap = True

@@ -1,12 +1,12 @@
 """From the engine's token ids to what a request's reader sees: text deltas, stop strings, and
 every event of a request in order, its FinishEvent last.
 
-The engine's thread only records what each step decided (`token`, `text`, `finish`) and hands
-the step's list over (`flush`). With `threaded`, a thread of its own turns the ids into text
-and looks for stop strings while the engine's thread goes on to the next step: on a GPU that
-thread waits for the device with the interpreter lock released, which is when this work runs,
-so it costs the step nothing. Without (the CPU runner, where torch's threads want every core
-and the engine's own thread is idle only inside torch), the list is processed at once.
+The engine's thread records what each step decided (`token`, `text`, `finish`) and processes
+the step's list at `flush`, after the step (and after a prefill, so first tokens are not held
+back a decode step). On the GPU runner that is after the next step was launched: the text is
+made while the device runs it. A thread of its own for this stage was measured and dropped:
+its switching with the engine's thread over the interpreter lock cost more than the work
+(docs/decisions.md).
 
 A stop string is found here, so the engine learns of it a step or so later (`on_stop`, which
 asks the engine to end the request): the tokens generated past it are dropped, the answer ends
@@ -16,8 +16,6 @@ the engine meanwhile.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -27,7 +25,7 @@ from inference.requests import Request, RequestStatus, TokenEvent
 
 logger = logging.getLogger(__name__)
 
-_TOKEN, _TEXT, _FINISH, _CLOSE = range(4)
+_TOKEN, _TEXT, _FINISH = range(3)
 
 
 @dataclass
@@ -43,15 +41,13 @@ class _Text:
 
 
 class OutputStage:
-    """Owned by one Engine. `token`, `text`, `finish` and `flush` are called by the engine's
-    thread only; `on_stop(request, tokens_kept)` and `after_batch()` are called from the
-    stage's thread (or the engine's, when not threaded)."""
+    """Owned by one Engine; every call comes from the engine's thread, and so do
+    `on_stop(request, tokens_kept)` and `after_batch()`."""
 
     def __init__(
         self,
         tokenizer,
         *,
-        threaded: bool,
         on_stop: Callable[[Request, int], None],
         after_batch: Callable[[], None] | None = None,
     ) -> None:
@@ -61,12 +57,6 @@ class OutputStage:
         self.after_batch = after_batch
         self._texts: dict[int, _Text] = {}
         self._batch: list[tuple] = []
-        self._queue: queue.SimpleQueue | None = None
-        self._thread: threading.Thread | None = None
-        if threaded:
-            self._queue = queue.SimpleQueue()
-            self._thread = threading.Thread(target=self._run, name="engine-outputs", daemon=True)
-            self._thread.start()
 
     # The engine's side.
     def token(self, request: Request, token_id: int) -> None:
@@ -83,39 +73,18 @@ class OutputStage:
         self._batch.append((_FINISH, request))
 
     def flush(self) -> None:
-        """Hand over what was recorded since the last flush."""
+        """Turn what was recorded since the last flush into text and events."""
         if not self._batch:
             return
         batch, self._batch = self._batch, []
-        if self._queue is not None:
-            self._queue.put(batch)
-        else:
+        try:
             self._process(batch)
+        except Exception:  # a bug here must not silence every request after it
+            logger.exception("turning tokens into text failed")
 
     def close(self) -> None:
-        """Process everything recorded, then stop the thread."""
+        """Process everything recorded."""
         self.flush()
-        if self._queue is not None:
-            self._queue.put([(_CLOSE,)])
-            self._thread.join()
-
-    # The stage's side.
-    def _run(self) -> None:
-        while True:
-            batches = [self._queue.get()]
-            while True:  # everything waiting, in order: one pass and one wake for all of it
-                try:
-                    batches.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
-            items = [item for batch in batches for item in batch]
-            closing = items[-1][0] == _CLOSE
-            try:
-                self._process(items[:-1] if closing else items)
-            except Exception:  # a bug here must not silence every request after it
-                logger.exception("turning tokens into text failed")
-            if closing:
-                return
 
     def _process(self, items: list[tuple]) -> None:
         with self._lock:

@@ -90,8 +90,6 @@ class ModelRunner:
     cheap_remove = False
     # Prompts are prefilled whole: their KV joins the padded batch only when complete.
     chunked_prefill = False
-    # Text is made in the engine's own thread: between steps the machine's cores are torch's.
-    threaded_outputs = False
     # Every step's input tokens come from the host (`decode`), chosen after the last step.
     overlap = False
 

@@ -1,5 +1,5 @@
 """The output stage: token ids in, each request's text and FinishEvent out, in order, stop
-strings found there; the same in the engine's thread and in a thread of its own."""
+strings found there."""
 import pytest
 
 from inference import FinishEvent, RequestStatus, SamplingParams, TokenEvent
@@ -19,10 +19,10 @@ class Engine:
     """What the engine does around the stage: appends each token, then records it; ends a
     request by setting its status and reason, then records that."""
 
-    def __init__(self, tokenizer, threaded: bool) -> None:
+    def __init__(self, tokenizer) -> None:
         self.stopped: list[tuple[int, int]] = []
         self.batches = 0
-        self.stage = OutputStage(tokenizer, threaded=threaded, on_stop=self.on_stop, after_batch=self.after_batch)
+        self.stage = OutputStage(tokenizer, on_stop=self.on_stop, after_batch=self.after_batch)
 
     def on_stop(self, request, kept):
         self.stopped.append((request.id, kept))
@@ -48,9 +48,8 @@ def events_of(request):
     return [e for e in events if isinstance(e, TokenEvent)], events[-1]
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_text_arrives_whole_and_in_order_with_the_finish_last(tokenizer, threaded):
-    engine = Engine(tokenizer, threaded)
+def test_text_arrives_whole_and_in_order_with_the_finish_last(tokenizer):
+    engine = Engine(tokenizer)
     text = "Héllo, wörld! 東京は日本の首都です。 🙂 and more"
     ids = tokenizer.encode(text, add_special_tokens=False)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100))
@@ -64,9 +63,8 @@ def test_text_arrives_whole_and_in_order_with_the_finish_last(tokenizer, threade
     assert engine.batches >= 1
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_a_stop_string_cuts_the_answer_and_tokens_past_it_are_dropped(tokenizer, threaded):
-    engine = Engine(tokenizer, threaded)
+def test_a_stop_string_cuts_the_answer_and_tokens_past_it_are_dropped(tokenizer):
+    engine = Engine(tokenizer)
     text = "The answer is forty two. END of it, and then more words after the end"
     ids = tokenizer.encode(text, add_special_tokens=False)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100, stop=("END", "never")))
@@ -83,9 +81,8 @@ def test_a_stop_string_cuts_the_answer_and_tokens_past_it_are_dropped(tokenizer,
     assert request.output_ids == ids[:kept] and finish.usage.completion_tokens == kept < len(ids)
 
 
-@pytest.mark.parametrize("threaded", [False, True])
-def test_a_held_back_tail_that_never_became_a_stop_string_is_sent_at_the_end(tokenizer, threaded):
-    engine = Engine(tokenizer, threaded)
+def test_a_held_back_tail_that_never_became_a_stop_string_is_sent_at_the_end(tokenizer):
+    engine = Engine(tokenizer)
     ids = tokenizer.encode("It ends with EN", add_special_tokens=False)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100, stop=("END",)))
     engine.generate(request, ids, reason="eos")
@@ -95,7 +92,7 @@ def test_a_held_back_tail_that_never_became_a_stop_string_is_sent_at_the_end(tok
 
 
 def test_a_best_of_candidate_is_never_streamed_and_its_parent_text_is_sent_as_given(tokenizer):
-    engine = Engine(tokenizer, threaded=True)
+    engine = Engine(tokenizer)
     parent = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=10))
     candidate = Request(prompt_ids=[1], params=parent.params, parent=parent)
     engine.generate(candidate, tokenizer.encode("candidate text", add_special_tokens=False))
