@@ -14,9 +14,10 @@ from inference.worker import engine_get, engine_set, engine_shutdown
 from tests.inference.test_engine import prompt, run
 
 
-@pytest.fixture(scope="module")
-def process_config(tiny_engine_config):
-    return replace(tiny_engine_config, process="on")
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def process_config(tiny_engine_config, request):
+    """Both runners in the child: on a GPU it runs the GPU runner, steps overlapped."""
+    return replace(tiny_engine_config, process="on", runner=request.param)
 
 
 @pytest.fixture(scope="module")
