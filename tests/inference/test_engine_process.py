@@ -14,15 +14,15 @@ from inference.worker import engine_get, engine_set, engine_shutdown
 from tests.inference.test_engine import prompt, run
 
 
-@pytest.fixture(scope="module", params=["cpu", "gpu"])
-def process_config(tiny_engine_config, request):
-    """Both runners in the child: on a GPU it runs the GPU runner, steps overlapped."""
-    return replace(tiny_engine_config, process="on", runner=request.param)
-
-
 @pytest.fixture(scope="module")
-def engine_process(process_config):
-    engine = EngineProcess.start(process_config)
+def process_config(tiny_engine_config):
+    return replace(tiny_engine_config, process="on")
+
+
+@pytest.fixture(scope="module", params=["cpu", "gpu"])
+def engine_process(process_config, request):
+    """Both runners in the child: on a GPU it runs the GPU runner, steps overlapped."""
+    engine = EngineProcess.start(replace(process_config, runner=request.param))
     yield engine
     engine.shutdown()
 
