@@ -460,9 +460,11 @@ def test_the_4_bit_decode_path_answers_as_the_de_quantized_one():
     computes bf16); greedy answers match the de-quantized bf16 weights'."""
     questions = ["What is the capital of France?", "Name three colours of the rainbow."]
     answers = {}
-    for quant in ("none", "auto"):
+    for quant in ("auto", "none"):
         engine = Engine.load(EngineConfig(quant=quant))
         try:
+            if quant == "auto" and not engine.runner.quantized:
+                pytest.skip(f"CHAT_QUANT=auto keeps the de-quantized weights on this CPU: {engine.quantization}")
             answers[quant] = [
                 run(engine.submit(build_prompt_ids(engine.tokenizer, [{"role": "user", "content": question}],
                                                    context_length=engine.context_length, reserve_tokens=48),

@@ -175,13 +175,17 @@ def test_the_quantized_path_keeps_perplexity_and_logits_of_the_de_quantized_one(
 
     def logits(kind: str) -> torch.Tensor:
         runner = ModelRunner(load_model(source, dtype=pick_dtype(cpu)), cpu)
-        runner.quantize(kind, f"{source.path}/{source.gguf_file}")
-        assert runner.quantized is (kind != "none") or runner.dtype is not torch.bfloat16
+        what = runner.quantize(kind, f"{source.path}/{source.gguf_file}")
+        if kind != "none" and not runner.quantized:
+            # Where the CPU computes bf16 the int4 path is faster and taken; in fp32 (AVX2, no
+            # bf16) its load-time timing may find it slower than the fp32 weights it would replace.
+            assert runner.dtype is not torch.bfloat16, what
+            pytest.skip(f"CHAT_QUANT=auto keeps the de-quantized weights on this CPU: {what}")
         runner.prefill({0: ids[:1]})
         runner.commit()
         return torch.stack([runner.decode([token])[0].float() for token in ids[1:-1]])
 
-    reference, quantized = logits("none"), logits("auto")
+    quantized, reference = logits("auto"), logits("none")
     targets = torch.tensor(ids[2:])
 
     def perplexity(values: torch.Tensor) -> float:
