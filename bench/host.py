@@ -28,6 +28,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from bench.engine import finish_of
+from bench.http import thread_cpu_s
 from inference import Engine, EngineConfig, SamplingParams
 from inference import engine as engine_module
 from inference.loading import load_tokenizer, resolve_model_source
@@ -36,20 +37,6 @@ NEW_TOKENS = 64
 PROMPT_TOKENS = 40
 REPEATS = 3
 VOCAB = 512
-
-
-def thread_cpu_s() -> dict[int, float]:
-    """CPU seconds (user + system) of each of this process's threads, by native id."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    times = {}
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # ended meanwhile
-            continue
-        times[int(tid)] = (int(fields[11]) + int(fields[12])) / ticks
-    return times
 
 
 def burst(engine: Engine, n: int) -> float:
@@ -66,13 +53,13 @@ def burst(engine: Engine, n: int) -> float:
 
 def measure(engine: Engine, n: int) -> dict:
     burst(engine, n)
-    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    names = {str(thread.native_id): thread.name for thread in threading.enumerate()}
     runs = []
     for _ in range(REPEATS):
-        cpu, steps, started = thread_cpu_s(), engine.stats.steps, time.perf_counter()
+        cpu, steps, started = thread_cpu_s(os.getpid()), engine.stats.steps, time.perf_counter()
         tok_s = burst(engine, n)
         elapsed, steps = time.perf_counter() - started, engine.stats.steps - steps
-        after = thread_cpu_s()
+        after = thread_cpu_s(os.getpid())
         threads: dict[str, float] = {}
         for tid, seconds in after.items():
             name = names.get(tid, "other")

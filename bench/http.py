@@ -183,10 +183,10 @@ class HttpBench:
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
-        before = _server_thread_cpu_s(self._server.pid)
+        before = thread_cpu_s(self._server.pid)
         tok_s, answers = self._loop.run_until_complete(wave())
         ttfts, opened = [answer[1] for answer in answers], [answer[2] for answer in answers]
-        after = _server_thread_cpu_s(self._server.pid)
+        after = thread_cpu_s(self._server.pid)
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
         deciles = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
         return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "ttft_p90_s": deciles[-1], "ttft_max_s": max(ttfts),
@@ -219,7 +219,7 @@ class HttpBench:
                 admin.execute(f'DROP DATABASE IF EXISTS "{self._database}" WITH (FORCE)')
 
 
-def _server_thread_cpu_s(pid: int) -> dict[str, float]:
+def thread_cpu_s(pid: int) -> dict[str, float]:
     """CPU seconds used so far by each thread of process `pid` (Linux)."""
     tick = os.sysconf("SC_CLK_TCK")
     used = {}

@@ -283,7 +283,7 @@ class Engine:
         try:
             self._loop()
         finally:
-            self._output.close()
+            self._output.flush()
 
     def _after_batch(self) -> None:
         if self.after_step is not None:

@@ -233,8 +233,7 @@ class GpuRunner:
         positions[slots] = torch.tensor(lengths).clamp_(max=self.capacity)
         self._inputs[1, :batch] = on_device(positions, self.device)
         if known:
-            index, values = on_device([[self._slots.slot_of(request_id) for request_id in known], list(known.values())],
-                                      self.device)
+            index, values = on_device([[slot_of(request_id) for request_id in known], list(known.values())], self.device)
             self._inputs[0, index] = values
         logits = self._run(batch, span)
         self._stepped = on_device(slots, self.device)

@@ -82,10 +82,6 @@ class OutputStage:
         except Exception:  # a bug here must not silence every request after it
             logger.exception("turning tokens into text failed")
 
-    def close(self) -> None:
-        """Process everything recorded."""
-        self.flush()
-
     def _process(self, items: list[tuple]) -> None:
         with self._lock:
             for item in items:
@@ -117,7 +113,7 @@ class OutputStage:
             self._on_stop(request, state.tokens)
             return
         # Hold back a tail that could still become a stop string.
-        self._send(request, state, len(state.text) - stop_prefix_length(state.text, stops) if stops else len(state.text))
+        self._send(request, state, len(state.text) - stop_prefix_length(state.text, stops))
 
     def _send(self, request: Request, state: _Text, upto: int) -> None:
         if upto > state.emitted:

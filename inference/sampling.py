@@ -111,12 +111,12 @@ def sample(
     return tokens[0], logprobs[0]
 
 
-def on_device(values, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+def on_device(values, device: torch.device) -> torch.Tensor:
     """`values` (a list or a CPU tensor) on `device`, copied without waiting for the device.
     The engine launches a decode step before it reads the last one's tokens back, and a plain
     `torch.tensor(values, device="cuda")` waits for the stream (a blocking copy), as may a
     copy from pageable memory: so the values go through pinned memory, asynchronously."""
-    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=dtype)
+    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values)
     if device.type != "cuda":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)

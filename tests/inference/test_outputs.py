@@ -54,7 +54,7 @@ def test_text_arrives_whole_and_in_order_with_the_finish_last(tokenizer):
     ids = tokenizer.encode(text, add_special_tokens=False)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100))
     engine.generate(request, ids)
-    engine.stage.close()
+    engine.stage.flush()
     tokens, finish = events_of(request)
     assert "".join(t.text for t in tokens) == text
     assert [t.index for t in tokens] == sorted(t.index for t in tokens) and tokens[0].index == 0
@@ -70,7 +70,7 @@ def test_a_stop_string_cuts_the_answer_and_tokens_past_it_are_dropped(tokenizer)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100, stop=("END", "never")))
     # The engine went on past the stop and ended the request for its length before hearing.
     engine.generate(request, ids, reason="length", step_size=3)
-    engine.stage.close()
+    engine.stage.flush()
     tokens, finish = events_of(request)
     assert "".join(t.text for t in tokens) == "The answer is forty two. "
     assert all("END" not in t.text and "E" not in t.text for t in tokens)  # a possible start is held back
@@ -86,7 +86,7 @@ def test_a_held_back_tail_that_never_became_a_stop_string_is_sent_at_the_end(tok
     ids = tokenizer.encode("It ends with EN", add_special_tokens=False)
     request = Request(prompt_ids=[1], params=SamplingParams(max_new_tokens=100, stop=("END",)))
     engine.generate(request, ids, reason="eos")
-    engine.stage.close()
+    engine.stage.flush()
     tokens, finish = events_of(request)
     assert "".join(t.text for t in tokens) == "It ends with EN" and finish.reason == "eos"
 
@@ -99,7 +99,7 @@ def test_a_best_of_candidate_is_never_streamed_and_its_parent_text_is_sent_as_gi
     engine.stage.text(parent, "chosen text")
     parent.status, parent.finish_reason = RequestStatus.DONE, "length"
     engine.stage.finish(parent)
-    engine.stage.close()
+    engine.stage.flush()
     assert events_of(candidate)[0] == []
     tokens, finish = events_of(parent)
     assert [t.text for t in tokens] == ["chosen text"] and finish.reason == "length"
