@@ -200,7 +200,9 @@ def test_replies_beyond_the_worker_connection_pool_are_generated_together(distri
 
 @pytest.fixture
 def takeover(tmp_path, tiny_model_dir, database_url):
-    """A daphne and a worker of their own on Redis database 12, with short leases, for killing."""
+    """A daphne and a worker of their own on Redis database 12, with short leases, for killing.
+    The engine runs one reply at a time, so a kill at the first token finds three not begun
+    (four at once could all finish before that token had crossed daphne to the client)."""
     require_service("127.0.0.1", 6379, "Redis")
     redis_url = "redis://127.0.0.1:6379/12"
     redis.Redis.from_url(redis_url).flushdb()
@@ -208,6 +210,7 @@ def takeover(tmp_path, tiny_model_dir, database_url):
         DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="takeover-" + uuid.uuid4().hex,
         CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
         CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
+        CHAT_MAX_RUNNING="1",
     )
     manage(env, "migrate", "--noinput")
     processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
@@ -244,7 +247,14 @@ def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_pa
         running = pool.submit(asyncio.run, streams())
         assert first_token.wait(60) and not running.done()
         processes["first"].popen.kill()  # SIGKILL: no shutdown, no ack, leases left to lapse
+        processes["first"].popen.wait()
         killed_at = time.monotonic()
+        with psycopg.connect(database_url) as connection:
+            statuses = [row[0] for row in connection.execute(
+                "SELECT m.status FROM chatsite_message m JOIN chatsite_conversation c ON m.conversation_id = c.id"
+                " WHERE c.title LIKE 'story %%' AND m.role = 'assistant'"
+            ).fetchall()]
+        assert any(status != "done" for status in statuses), f"nothing left to take over at the kill: {statuses}"
         processes["second"] = celery_worker(env, tmp_path, name="second")
         results = running.result(timeout=120)
     assert time.monotonic() - killed_at < 60
@@ -266,7 +276,8 @@ def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_pa
     received = sorted("".join(c["delta"].get("content") or "" for e in events for c in e.get("choices", [])) for events in results)
     assert received == saved  # greedy: what was repeated after the takeover was trimmed, nothing doubled
     assert max(attempts for _, attempts, _ in rows) >= 2  # taken over from the killed worker
-    assert "generate_reply[" in processes["second"].log()
+    logs = {name: processes[name].log()[-3000:] for name in ("first", "second")}
+    assert "generate_reply[" in logs["second"], logs
 
 
 def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
