@@ -1,7 +1,8 @@
-"""`python -m bench.admission [--distributed] [--rounds 3] 1 32 128 256`: how long the product
-takes to bring N requests that arrive together to the engine and their first token back.
+"""`python -m bench.admission [--distributed] [--rounds 3] [--new-tokens 1] 1 32 128 256`: how long
+the product takes to bring N requests that arrive together to the engine and their first token back.
 
-N clients POST to `/v1/chat/completions` at once (streamed, one token each); each measures the
+N clients POST to `/v1/chat/completions` at once (streamed, one token each, or `--new-tokens`,
+end of sequence ignored, with the burst's tokens/s); each measures the
 seconds until its stream opens (the call admitted and its reply queued: "opened") and until the
 first text of its answer arrives. The server runs a tiny random model (two layers,
 SmolLM2's tokenizer), whose prefill and step take a millisecond or two on this CPU, so what
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("streams", nargs="+", type=int)
     parser.add_argument("--rounds", type=int, default=3, help="bursts per N; the median burst is shown")
     parser.add_argument("--distributed", action="store_true")
+    parser.add_argument("--new-tokens", type=int, default=1, help="tokens per answer (64: bench.gpu's end-to-end burst)")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value", help="server settings")
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the source tree the server runs (a `git worktree`)")
     args = parser.parse_args()
@@ -37,12 +39,12 @@ def main() -> None:
         bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout)
         try:
             bench.run(max(args.streams), new_tokens=1)  # warm-up: connections, task threads
-            print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}", flush=True)
+            print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}{'tok/s':>9}", flush=True)
             for n in args.streams:
-                runs = sorted((bench.run(n, new_tokens=1) for _ in range(args.rounds)), key=lambda run: run["ttft_p50_s"])
+                runs = sorted((bench.run(n, new_tokens=args.new_tokens) for _ in range(args.rounds)), key=lambda run: run["ttft_p50_s"])
                 run = runs[len(runs) // 2]
                 print(f"{'distributed' if args.distributed else 'embedded':<12}{n:>5}{run['opened_p50_s']:>9.3f}{run['ttft_p50_s']:>9.3f}"
-                      f"{run['ttft_p90_s']:>9.3f}{run['ttft_max_s']:>9.3f}   (p50 of each burst: "
+                      f"{run['ttft_p90_s']:>9.3f}{run['ttft_max_s']:>9.3f}{run['tok_s']:>9.0f}   (p50 of each burst: "
                       + ", ".join(f"{r['ttft_p50_s']:.3f}" for r in runs) + ")",
                       flush=True)
         finally:

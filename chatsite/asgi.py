@@ -1,5 +1,7 @@
 """ASGI entry point: /v1/ (the API) through a Django handler of its own, the rest of HTTP
 through Django's, /ws/ through Channels. Served by Daphne."""
+import asyncio
+import contextlib
 import os
 import sys
 
@@ -11,8 +13,11 @@ django_asgi_app = get_asgi_application()  # before importing consumers: it sets 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.core.handlers.exception import convert_exception_to_response  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
 
 from chatsite import websocket_close  # noqa: E402, F401 - frames too large get a close frame
 from chatsite.embedded import embedded_worker_ensure  # noqa: E402
@@ -33,6 +38,61 @@ class ApiHandler(ASGIHandler):
         self._template_response_middleware = []
         self._exception_middleware = []
         self._middleware_chain = convert_exception_to_response(self._get_api_response)
+
+    async def handle(self, scope, receive, send):
+        """Django's `ASGIHandler.handle` (5.2), with the request's two signals sent in the event
+        loop's thread instead of through `sync_to_async`. Django sends them through its one
+        thread-sensitive thread, so every call made two trips to that thread and a burst of
+        256 calls queued 512 trips on it. Their receivers (closing this thread's database
+        connections and caches, resetting the query log and the URLconf) have nothing to do in
+        the loop's thread, which holds no connection; the API's database work runs in threads
+        that close their own (`database_sync_to_async`). tests/test_asgi.py fails when
+        Django's method changes, so that this copy is looked at again."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            error_response.close()
+            return
+
+        async def process_request(request, send):
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client went away meanwhile
+                await self.send_response(response, send)
+            return response
+
+        # The client's disconnect, heard while the response is made, cancels making it.
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            signals.request_finished.send(sender=self.__class__)
+        else:
+            response.close()  # sends request_finished
+        body_file.close()
 
     async def _get_api_response(self, request):
         try:

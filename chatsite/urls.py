@@ -9,6 +9,9 @@ from chatsite import api, conversation_views, views
 from chatsite.metrics import metrics_view
 
 urlpatterns = [
+    # The API first: Django tries the patterns in order, and every miss costs a call.
+    path("v1/models", api.models, name="api-models"),
+    path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
     path("", RedirectView.as_view(pattern_name="chat", permanent=False)),
     path("chat/", views.chat, name="chat"),
     path("chat/<int:conversation_id>/", views.chat, name="conversation"),
@@ -25,8 +28,6 @@ urlpatterns = [
     path("accounts/password_change/done/", auth_views.PasswordChangeDoneView.as_view(), name="password_change_done"),
     path("account/", include("billing.urls")),
     path("stripe/webhook/", stripe_webhook, name="stripe-webhook"),
-    path("v1/models", api.models, name="api-models"),
-    path("v1/chat/completions", api.chat_completions, name="api-chat-completions"),
     path("console/", include("chatsite.console.urls")),
     path("admin/", admin.site.urls),
     path("healthz", views.healthz, name="healthz"),

@@ -35,3 +35,45 @@ async def test_pages_still_get_the_middleware():
 async def test_the_api_refuses_a_host_not_allowed():
     status, _, body = await get("/v1/models", host=b"evil.example", headers=[(b"authorization", b"Bearer cs-x")])
     assert status == 400 and json.loads(body)["error"]["code"] == "invalid_host"
+
+
+@pytest.mark.asyncio
+async def test_the_api_sends_the_request_signals_in_the_loops_thread():
+    """Django sends them through sync_to_async's one thread; the API's handler sends them where
+    the request is handled, and still sends both."""
+    import threading
+
+    from django.core import signals
+
+    heard = []
+
+    def started(**_):
+        heard.append(("started", threading.get_ident()))
+
+    def finished(**_):
+        heard.append(("finished", threading.get_ident()))
+
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    try:
+        communicator = HttpCommunicator(application, "GET", "/v1/models", headers=[(b"host", b"localhost")])
+        status = (await communicator.get_response())["status"]
+        await communicator.wait()  # the handler's end, after the response went out
+    finally:
+        signals.request_started.disconnect(started)
+        signals.request_finished.disconnect(finished)
+    assert status == 401
+    assert heard == [("started", threading.get_ident()), ("finished", threading.get_ident())]
+
+
+def test_djangos_handle_is_the_one_the_api_handler_copies():
+    """chatsite.asgi.ApiHandler.handle is Django 5.2's ASGIHandler.handle with the signals sent
+    in place. When Django's changes, compare the two, carry the change over, and record the
+    new fingerprint here."""
+    import hashlib
+    import inspect
+
+    from django.core.handlers.asgi import ASGIHandler
+
+    source = inspect.getsource(ASGIHandler.handle)
+    assert hashlib.sha256(source.encode()).hexdigest()[:16] == "98faeb5bef800331", source
