@@ -2,7 +2,8 @@
 the product takes to bring N requests that arrive together to the engine and their first token back.
 
 N clients POST to `/v1/chat/completions` at once (streamed, one token each, or `--new-tokens`,
-end of sequence ignored, with the burst's tokens/s); each measures the
+end of sequence ignored, with the burst's tokens/s and the server process's CPU seconds, its
+engine process's left out); each measures the
 seconds until its stream opens (the call admitted and its reply queued: "opened") and until the
 first text of its answer arrives. The server runs a tiny random model (two layers,
 SmolLM2's tokenizer), whose prefill and step take a millisecond or two on this CPU, so what
@@ -39,12 +40,13 @@ def main() -> None:
         bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout)
         try:
             bench.run(max(args.streams), new_tokens=1)  # warm-up: connections, task threads
-            print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}{'tok/s':>9}", flush=True)
+            print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}{'tok/s':>9}{'cpu s':>7}", flush=True)
             for n in args.streams:
                 runs = sorted((bench.run(n, new_tokens=args.new_tokens) for _ in range(args.rounds)), key=lambda run: run["ttft_p50_s"])
                 run = runs[len(runs) // 2]
                 print(f"{'distributed' if args.distributed else 'embedded':<12}{n:>5}{run['opened_p50_s']:>9.3f}{run['ttft_p50_s']:>9.3f}"
-                      f"{run['ttft_p90_s']:>9.3f}{run['ttft_max_s']:>9.3f}{run['tok_s']:>9.0f}   (p50 of each burst: "
+                      f"{run['ttft_p90_s']:>9.3f}{run['ttft_max_s']:>9.3f}{run['tok_s']:>9.0f}"
+                      f"{run['torch_cpu_s'] + run['rest_cpu_s']:>7.2f}   (p50 of each burst: "
                       + ", ".join(f"{r['ttft_p50_s']:.3f}" for r in runs) + ")",
                       flush=True)
         finally:

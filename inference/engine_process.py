@@ -36,6 +36,7 @@ from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
 from inference.engine import Engine, EngineConfig, EngineShuttingDown, EngineStats, prompt_check
+from inference.heap import heap_freeze
 from inference.loading import load_tokenizer, resolve_model_source
 from inference.requests import Event, EventStream, FinishEvent, RequestStatus, TokenEvent, Usage
 from inference.sampling import SamplingParams
@@ -330,6 +331,7 @@ def _serve(address: str, authkey: bytes) -> None:
         except Exception:  # not picklable
             events.send(("failed", RuntimeError(f"the engine process could not start: {error!r}")))
         return
+    heap_freeze()
     requests: dict = {}
     relay = _Relay(engine, events, requests)
     events.send(("ready", engine.context_length))

@@ -7,6 +7,7 @@ import threading
 
 from inference.engine import Engine, EngineConfig
 from inference.engine_process import EngineProcess, uses_process
+from inference.heap import heap_freeze
 
 _engine: Engine | EngineProcess | None = None
 _lock = threading.Lock()
@@ -24,6 +25,7 @@ def engine_get(config: EngineConfig) -> Engine | EngineProcess:
     with _lock:
         if _engine is None or not _engine.alive:
             _engine = engine_start(config)
+            heap_freeze()
         return _engine
 
 
