@@ -20,7 +20,7 @@ from chatsite import metrics, publisher
 from chatsite.leases import lease_claim, lease_release, lease_renew
 from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
-from chatsite.selectors import conversation_branch, reply_stop_requested
+from chatsite.selectors import reply_stop_requested, reply_with_branch
 from chatsite.titles import title_request
 from inference import EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.engine import EngineShuttingDown
@@ -40,13 +40,16 @@ def reply_generate(*, message_id: int) -> None:
     owner = lease_claim(message_id=message_id)
     if owner is None:
         return  # stopped while queued, finished, or another worker holds it
-    reply = Message.objects.select_related("conversation__owner").get(id=message_id)
+    found = reply_with_branch(message_id=message_id)
+    if found is None:
+        return  # deleted with its conversation since it was claimed
+    reply, branch = found
     if reply.attempts > settings.CHAT_MAX_ATTEMPTS:
         _fail(reply, owner, f"This answer could not be finished after {settings.CHAT_MAX_ATTEMPTS} tries. "
                             "What was written is kept; regenerate to try again.")
         return
     try:
-        _generate(reply, owner)
+        _generate(reply, owner, branch)
     except EngineShuttingDown:
         lease_release(message_id=reply.id, owner=owner, content=reply.content)
     except Exception:
@@ -54,7 +57,7 @@ def reply_generate(*, message_id: int) -> None:
         _fail(reply, owner, "The model could not answer. Please try again.")
 
 
-def _generate(reply: Message, owner: str) -> None:
+def _generate(reply: Message, owner: str, branch: list[Message]) -> None:
     engine = engine_get(EngineConfig(**settings.INFERENCE_ENGINE))
     # The plan that admitted the message governs it; rows from before plans were recorded
     # take the owner's plan now.
@@ -72,7 +75,7 @@ def _generate(reply: Message, owner: str) -> None:
     try:
         prompt_ids = build_prompt_ids(
             engine.tokenizer,
-            _chat_messages(reply),
+            _chat_messages(branch),
             context_length=engine.context_length - len(continued),
             reserve_tokens=min(params.max_new_tokens, engine.context_length // 2),
         )
@@ -205,10 +208,9 @@ def _sampling_params(reply: Message, plan) -> SamplingParams:
     return SamplingParams(**{"temperature": settings.CHAT_TEMPERATURE, "top_p": settings.CHAT_TOP_P, **requested})
 
 
-def _chat_messages(reply: Message) -> list[dict[str, str]]:
-    """The branch above `reply`, as the chat template wants it; failed and empty turns left out.
-    CHAT_SYSTEM_PROMPT goes first unless the branch brings its own system message."""
-    branch = conversation_branch(conversation=reply.conversation, leaf_id=reply.parent_id)
+def _chat_messages(branch: list[Message]) -> list[dict[str, str]]:
+    """The branch above a reply, as the chat template wants it; failed and empty turns left
+    out. CHAT_SYSTEM_PROMPT goes first unless the branch brings its own system message."""
     messages = [
         {"role": message.role, "content": message.content}
         for message in branch

@@ -51,6 +51,26 @@ def conversation_branch(*, conversation: Conversation, leaf_id: int | None = Non
     return branch
 
 
+def reply_with_branch(*, message_id: int) -> tuple[Message, list[Message]] | None:
+    """Reply `message_id`, with its conversation and the conversation's owner, and the branch
+    above it (root to its parent, oldest first); None when it no longer exists. One query
+    for the messages of its conversation: a worker makes this read for every reply it
+    generates, and two queries (the reply, then its conversation's messages) cost twice the
+    ORM's work."""
+    messages = Message.objects.select_related("conversation__owner").filter(conversation__messages__id=message_id)
+    by_id = {message.id: message for message in messages.order_by()}
+    reply = by_id.get(message_id)
+    if reply is None:
+        return None
+    branch = []
+    message = by_id.get(reply.parent_id)
+    while message is not None:
+        branch.append(message)
+        message = by_id.get(message.parent_id)
+    branch.reverse()
+    return reply, branch
+
+
 def stop_key(message_id: int) -> str:
     return f"chatsite:stop:{message_id}"
 

@@ -1,7 +1,7 @@
 import pytest
 
 from chatsite.models import Message
-from chatsite.selectors import conversation_branch
+from chatsite.selectors import conversation_branch, reply_with_branch
 from inference import RequestStatus
 from tests.chatsite.factories import conversation_with_reply
 
@@ -22,3 +22,18 @@ def test_the_branch_follows_parents_from_the_current_message_and_skips_siblings(
     conversation.save()
     assert conversation_branch(conversation=conversation) == [question, alternative, follow_up]
     assert conversation_branch(conversation=conversation, leaf_id=first_reply.id) == [question, first_reply]
+
+
+def test_a_reply_is_read_with_its_owner_and_the_branch_above_it_in_one_query(make_user, django_assert_num_queries):
+    owner = make_user()
+    conversation, question, first_reply = conversation_with_reply(owner)
+    alternative = Message.objects.create(conversation=conversation, parent=question, role=Message.Role.ASSISTANT, content="b")
+    follow_up = Message.objects.create(conversation=conversation, parent=alternative, role=Message.Role.USER, content="more")
+    reply = Message.objects.create(conversation=conversation, parent=follow_up, role=Message.Role.ASSISTANT)
+    conversation_with_reply(owner)  # another conversation: none of its messages come along
+    with django_assert_num_queries(1):
+        found, branch = reply_with_branch(message_id=reply.id)
+        assert (found, found.conversation, found.conversation.owner) == (reply, conversation, owner)
+    assert branch == [question, alternative, follow_up]
+    assert reply_with_branch(message_id=first_reply.id)[1] == [question]
+    assert reply_with_branch(message_id=reply.id + 1000) is None
