@@ -41,7 +41,11 @@ def conversation_branch(*, conversation: Conversation, leaf_id: int | None = Non
     leaf_id = leaf_id if leaf_id is not None else conversation.current_id
     if leaf_id is None:
         return []
-    by_id = {message.id: message for message in conversation.messages.all()}
+    return _branch_to({message.id: message for message in conversation.messages.all()}, leaf_id)
+
+
+def _branch_to(by_id: dict[int, Message], leaf_id: int | None) -> list[Message]:
+    """The messages of `by_id` from the root to `leaf_id`, oldest first, following parents."""
     branch = []
     message = by_id.get(leaf_id)
     while message is not None:
@@ -62,13 +66,7 @@ def reply_with_branch(*, message_id: int) -> tuple[Message, list[Message]] | Non
     reply = by_id.get(message_id)
     if reply is None:
         return None
-    branch = []
-    message = by_id.get(reply.parent_id)
-    while message is not None:
-        branch.append(message)
-        message = by_id.get(message.parent_id)
-    branch.reverse()
-    return reply, branch
+    return reply, _branch_to(by_id, reply.parent_id)
 
 
 def stop_key(message_id: int) -> str:
@@ -102,12 +100,7 @@ def branch_out(*, conversation: Conversation) -> list[dict]:
     siblings: dict[int | None, list[int]] = {}
     for message in messages:
         siblings.setdefault(message.parent_id, []).append(message.id)
-    branch = []
-    message = by_id.get(conversation.current_id)
-    while message is not None:
-        branch.append(message)
-        message = by_id.get(message.parent_id)
-    branch.reverse()
+    branch = _branch_to(by_id, conversation.current_id)
     ratings = dict(
         Feedback.objects.filter(user_id=conversation.owner_id, message__in=branch).values_list("message_id", "rating")
     )
