@@ -41,13 +41,13 @@ class ApiHandler(ASGIHandler):
 
     async def handle(self, scope, receive, send):
         """Django's `ASGIHandler.handle` (5.2), with the request's two signals sent in the event
-        loop's thread instead of through `sync_to_async`. Django sends them through its one
-        thread-sensitive thread, so every call made two trips to that thread and a burst of
-        256 calls queued 512 trips on it. Their receivers (closing this thread's database
-        connections and caches, resetting the query log and the URLconf) have nothing to do in
-        the loop's thread, which holds no connection; the API's database work runs in threads
-        that close their own (`database_sync_to_async`). tests/test_asgi.py fails when
-        Django's method changes, so that this copy is looked at again."""
+        loop's thread instead of through `sync_to_async`. Django sends them thread-sensitive,
+        which inside its per-request `ThreadSensitiveContext` means a thread started for each
+        call and two trips to it. Their receivers (closing this thread's database connections
+        and caches, resetting the query log and the URLconf) have nothing to do in the loop's
+        thread, which holds no connection; the API's database work runs in threads that close
+        their own (`database_sync_to_async`). tests/chatsite/test_asgi.py fails when Django's
+        method changes, so that this copy is looked at again."""
         try:
             body_file = await self.read_body(receive)
         except RequestAborted:
