@@ -78,7 +78,7 @@ class ApiHandler(ASGIHandler):
                 try:
                     task.result()
                 except RequestAborted:
-                    pass
+                    pass  # the client left: nothing to answer
                 except AssertionError:
                     body_file.close()
                     raise

@@ -35,15 +35,6 @@ def conversation_list(
     return list(conversations.order_by("-updated_at", "-id")[:limit])
 
 
-def conversation_branch(*, conversation: Conversation, leaf_id: int | None = None) -> list[Message]:
-    """The messages from the root to `leaf_id` (default: the conversation's current message),
-    oldest first: the branch the user sees and the model is given. One query."""
-    leaf_id = leaf_id if leaf_id is not None else conversation.current_id
-    if leaf_id is None:
-        return []
-    return _branch_to({message.id: message for message in conversation.messages.all()}, leaf_id)
-
-
 def _branch_to(by_id: dict[int, Message], leaf_id: int | None) -> list[Message]:
     """The messages of `by_id` from the root to `leaf_id`, oldest first, following parents."""
     branch = []

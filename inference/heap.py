@@ -11,20 +11,13 @@ reference cycles within it stay."""
 from __future__ import annotations
 
 import gc
-import threading
-
-_frozen = False
-_lock = threading.Lock()
 
 
 def heap_freeze() -> bool:
     """Collect, then freeze what is left; once per process, since the first engine's load
     completes the heap that lasts. True when this call froze it."""
-    global _frozen
-    with _lock:
-        if _frozen:
-            return False
-        _frozen = True
+    if gc.get_freeze_count():
+        return False
     gc.collect()
     gc.freeze()
     return True

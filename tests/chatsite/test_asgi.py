@@ -39,8 +39,8 @@ async def test_the_api_refuses_a_host_not_allowed():
 
 @pytest.mark.asyncio
 async def test_the_api_sends_the_request_signals_in_the_loops_thread():
-    """Django sends them through sync_to_async's one thread; the API's handler sends them where
-    the request is handled, and still sends both."""
+    """Django sends them through a thread-sensitive sync_to_async (a thread per call); the
+    API's handler sends them where the request is handled, and still sends both."""
     import threading
 
     from django.core import signals

@@ -1,7 +1,7 @@
 import pytest
 
 from chatsite.models import Message
-from chatsite.selectors import conversation_branch, reply_with_branch
+from chatsite.selectors import branch_out, reply_with_branch
 from inference import RequestStatus
 from tests.chatsite.factories import conversation_with_reply
 
@@ -20,8 +20,9 @@ def test_the_branch_follows_parents_from_the_current_message_and_skips_siblings(
     follow_up = Message.objects.create(conversation=conversation, parent=alternative, role=Message.Role.USER, content="more")
     conversation.current = follow_up
     conversation.save()
-    assert conversation_branch(conversation=conversation) == [question, alternative, follow_up]
-    assert conversation_branch(conversation=conversation, leaf_id=first_reply.id) == [question, first_reply]
+    assert [message["id"] for message in branch_out(conversation=conversation)] == [question.id, alternative.id, follow_up.id]
+    reply, above = reply_with_branch(message_id=first_reply.id)
+    assert [*above, reply] == [question, first_reply]
 
 
 def test_a_reply_is_read_with_its_owner_and_the_branch_above_it_in_one_query(make_user, django_assert_num_queries):
