@@ -35,7 +35,17 @@ def usage_record(
         "compute_s": compute_s,
     }
     record = UsageRecord(message_id=message_id, **fields)
-    UsageRecord.objects.bulk_create(
-        [record], update_conflicts=True, unique_fields=["message_id"], update_fields=[*fields]
-    )
+    usage_record_many(records=[record])
     return record
+
+
+def usage_record_many(*, records: list[UsageRecord]) -> None:
+    """`usage_record` for unsaved records, in one statement."""
+    if records:
+        UsageRecord.objects.bulk_create(
+            records, update_conflicts=True, unique_fields=["message_id"], update_fields=_OVERWRITTEN
+        )
+
+
+_OVERWRITTEN = ["user", "plan", "source", "status", "prompt_tokens", "completion_tokens", "queue_wait_s", "ttft_s",
+                "decode_s", "compute_s"]

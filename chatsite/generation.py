@@ -11,16 +11,18 @@ import time
 from dataclasses import asdict, dataclass, replace
 
 from django.conf import settings
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
 from django.utils import timezone
 
+from billing.models import UsageRecord
 from billing.plans import plan_for_user, plan_get
-from billing.usage import usage_record
+from billing.usage import usage_record_many
 from chatsite import metrics, publisher
-from chatsite.leases import lease_claim, lease_release, lease_renew
+from chatsite.group_commit import GroupCommit
+from chatsite.leases import lease_release, leases_claim, leases_renew, update_sql
 from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
-from chatsite.selectors import reply_stop_requested, reply_with_branch
+from chatsite.selectors import replies_with_branch, reply_stop_requested
 from chatsite.titles import title_request
 from inference import EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.engine import EngineShuttingDown
@@ -37,10 +39,9 @@ def reply_generate(*, message_id: int) -> None:
     # As Django does at each request: a connection kept from an earlier task on this thread
     # (SQLite: CELERY_DB_REUSE_MAX) is dropped if that task left it broken or it is too old.
     _release_connection()
-    owner = lease_claim(message_id=message_id)
+    owner, found = _open(message_id)
     if owner is None:
         return  # stopped while queued, finished, or another worker holds it
-    found = reply_with_branch(message_id=message_id)
     if found is None:
         return  # deleted with its conversation since it was claimed
     reply, branch = found
@@ -55,6 +56,23 @@ def reply_generate(*, message_id: int) -> None:
     except Exception:
         logger.exception("generating message %s failed", message_id)
         _fail(reply, owner, "The model could not answer. Please try again.")
+
+
+def _open_all(message_ids: list[int]) -> list[tuple[str | None, tuple[Message, list[Message]] | None]]:
+    """Claim each reply and read it with its branch: (the lease's token, the reply and its
+    branch), (token, None) when it was deleted, (None, None) when it could not be claimed."""
+    owners = leases_claim(message_ids=message_ids)
+    claimed = [message_id for message_id, owner in zip(message_ids, owners, strict=True) if owner]
+    found = dict(zip(claimed, replies_with_branch(message_ids=claimed), strict=True)) if claimed else {}
+    return [(owner, found.get(message_id) if owner else None) for message_id, owner in zip(message_ids, owners, strict=True)]
+
+
+# The worker's three writes for every reply — claim (with the read), renew, end — each made
+# for all the replies that want it at the same moment (chatsite/group_commit.py). Looked up
+# by name at each batch, so that tests can replace the functions.
+_open = GroupCommit(lambda message_ids: _open_all(message_ids))
+_renew = GroupCommit(lambda renewals: leases_renew(renewals=renewals))
+_end = GroupCommit(lambda ends: _ends_save(ends))
 
 
 def _generate(reply: Message, owner: str, branch: list[Message]) -> None:
@@ -141,7 +159,7 @@ def _stream(reply: Message, owner: str, request: Request, carried: Carried = Car
                 request.cancel("timeout")
         if now - last_save >= settings.CHAT_SAVE_EVERY_S:
             last_save = now
-            if not lease_renew(message_id=reply.id, owner=owner, content="".join(pieces)):
+            if not _renew((reply.id, owner, "".join(pieces))):
                 # Another worker took the reply over (this one stalled past its lease): it
                 # writes from now on, so this one stops without writing anything more.
                 logger.warning("lost the lease on message %s; stopping", reply.id)
@@ -156,9 +174,9 @@ def _release_connection() -> None:
     its whole generation, so a worker ran at most DATABASE_POOL_SIZE replies at once and the
     rest waited (up to the pool's timeout) instead of joining the batch. A kept connection
     (SQLite, CONN_MAX_AGE>0) stays open, and so does one inside a transaction (tests run in one)."""
-    for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close_if_unusable_or_obsolete()
+    for kept in connections.all(initialized_only=True):
+        if not kept.in_atomic_block:
+            kept.close_if_unusable_or_obsolete()
 
 
 def stream_interval_s(streams: int) -> float:
@@ -230,39 +248,29 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carri
     usage = finish.usage
     status = finish.status.value
     error = "The model stopped with an error. Please try again." if status == Message.Status.FAILED else ""
-    with transaction.atomic():
-        saved = Message.objects.filter(id=reply.id, lease_owner=owner).update(
-            content=content,
-            status=status,
-            finish_reason=finish.reason,
-            error=error,
-            prompt_tokens=usage.prompt_tokens - carried.prompt_tokens,
-            completion_tokens=usage.completion_tokens + carried.answer_tokens,
-            queue_wait_s=usage.queue_wait_s,
-            ttft_s=usage.ttft_s,
-            decode_s=usage.decode_s,
-            compute_s=usage.compute_s,
-            plan=reply.plan,
-            lease_owner="",
-            lease_expires_at=None,
-            updated_at=timezone.now(),
-        )
-        if not saved:
-            logger.warning("lost the lease on message %s before saving its end; the new owner saves it", reply.id)
-            return
-        record = usage_record(
-            user=reply.conversation.owner,
-            message_id=reply.id,
-            plan=reply.plan,
-            source=reply.conversation.source,
-            status=status,
-            prompt_tokens=usage.prompt_tokens - carried.prompt_tokens,
-            completion_tokens=usage.completion_tokens,
-            queue_wait_s=usage.queue_wait_s,
-            ttft_s=usage.ttft_s,
-            decode_s=usage.decode_s,
-            compute_s=usage.compute_s,
-        )
+    record = UsageRecord(
+        user=reply.conversation.owner,
+        message_id=reply.id,
+        plan=reply.plan,
+        source=reply.conversation.source,
+        status=status,
+        prompt_tokens=usage.prompt_tokens - carried.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        queue_wait_s=usage.queue_wait_s,
+        ttft_s=usage.ttft_s,
+        decode_s=usage.decode_s,
+        compute_s=usage.compute_s,
+    )
+    columns = {
+        "content": content, "status": status, "finish_reason": finish.reason, "error": error,
+        "prompt_tokens": usage.prompt_tokens - carried.prompt_tokens,
+        "completion_tokens": usage.completion_tokens + carried.answer_tokens,
+        "queue_wait_s": usage.queue_wait_s, "ttft_s": usage.ttft_s, "decode_s": usage.decode_s,
+        "compute_s": usage.compute_s, "plan": reply.plan,
+    }
+    if not _end(_End(reply_id=reply.id, owner=owner, columns=columns, record=record)):
+        logger.warning("lost the lease on message %s before saving its end; the new owner saves it", reply.id)
+        return
     metrics.usage_observe(record)
     if status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
         publisher.publish_error(reply.id, error=error)
@@ -272,6 +280,35 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carri
     publisher.publish_done(reply.id, status=status, finish_reason=finish.reason, content=content, usage=usage_out)
     if status == Message.Status.DONE:
         title_request(conversation=reply.conversation)
+
+
+@dataclass(frozen=True)
+class _End:
+    """A reply's end as `_ends_save` writes it: `columns`, a value for each of END_COLUMNS."""
+
+    reply_id: int
+    owner: str
+    columns: dict
+    record: UsageRecord
+
+
+END_COLUMNS = ("content", "status", "finish_reason", "error", "prompt_tokens", "completion_tokens", "queue_wait_s",
+               "ttft_s", "decode_s", "compute_s", "plan")
+
+
+def _ends_save(ends: list[_End]) -> list[bool]:
+    """Save each reply's end and its usage record, in one transaction, where the worker still
+    holds the reply's lease; whether each was saved."""
+    sql = update_sql((*END_COLUMNS, "lease_owner", "lease_expires_at", "updated_at"), ("id", "lease_owner"))
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    saved = []
+    with transaction.atomic(), connection.cursor() as cursor:
+        for end in ends:
+            values = [end.columns[name] for name in END_COLUMNS]
+            cursor.execute(sql, [*values, "", None, now, end.reply_id, end.owner])
+            saved.append(cursor.rowcount > 0)
+        usage_record_many(records=[end.record for end, kept in zip(ends, saved, strict=True) if kept])
+    return saved
 
 
 def _fail(reply: Message, owner: str, error: str) -> None:

@@ -48,16 +48,22 @@ def _branch_to(by_id: dict[int, Message], leaf_id: int | None) -> list[Message]:
 
 def reply_with_branch(*, message_id: int) -> tuple[Message, list[Message]] | None:
     """Reply `message_id`, with its conversation and the conversation's owner, and the branch
-    above it (root to its parent, oldest first); None when it no longer exists. One query
-    for the messages of its conversation: a worker makes this read for every reply it
-    generates, and two queries (the reply, then its conversation's messages) cost twice the
-    ORM's work."""
-    messages = Message.objects.select_related("conversation__owner").filter(conversation__messages__id=message_id)
+    above it (root to its parent, oldest first); None when it no longer exists."""
+    return replies_with_branch(message_ids=[message_id])[0]
+
+
+def replies_with_branch(*, message_ids: list[int]) -> list[tuple[Message, list[Message]] | None]:
+    """`reply_with_branch` for each of `message_ids`, in one query for the messages of their
+    conversations: a worker makes this read for every reply it generates, and the ORM's work
+    (compiling the query, building the rows) is most of its cost."""
+    messages = Message.objects.select_related("conversation__owner").filter(conversation__messages__id__in=message_ids)
+    # A conversation with several of the replies comes once per reply: the same rows again.
     by_id = {message.id: message for message in messages.order_by()}
-    reply = by_id.get(message_id)
-    if reply is None:
-        return None
-    return reply, _branch_to(by_id, reply.parent_id)
+    found = []
+    for message_id in message_ids:
+        reply = by_id.get(message_id)
+        found.append(None if reply is None else (reply, _branch_to(by_id, reply.parent_id)))
+    return found
 
 
 def stop_key(message_id: int) -> str:

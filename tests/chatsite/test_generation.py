@@ -107,15 +107,15 @@ def test_a_database_error_before_the_claim_runs_the_task_again(make_user, monkey
     from chatsite.tasks import generate_reply
 
     _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
-    real_claim, calls = generation.lease_claim, []
+    real_claim, calls = generation.leases_claim, []
 
-    def flaky_claim(*, message_id):
+    def flaky_claim(*, message_ids):
         calls.append(1)
         if len(calls) == 1:
             raise OperationalError("too many clients already")
-        return real_claim(message_id=message_id)
+        return real_claim(message_ids=message_ids)
 
-    monkeypatch.setattr(generation, "lease_claim", flaky_claim)
+    monkeypatch.setattr(generation, "leases_claim", flaky_claim)
     monkeypatch.setattr(generate_reply, "retry_backoff", False)  # retry at once
     generate_reply.apply(args=[reply.id])
     reply.refresh_from_db()

@@ -9,7 +9,7 @@ from django.utils import timezone
 from billing.plans import FREE, plan_get
 from chatsite import leases, services
 from chatsite.generation import reply_generate
-from chatsite.leases import lease_claim, lease_release, lease_renew, replies_lapsed_resend
+from chatsite.leases import lease_claim, lease_release, lease_renew, leases_claim, leases_renew, replies_lapsed_resend
 from chatsite.models import Message
 from chatsite.services import message_send
 
@@ -43,6 +43,19 @@ def test_one_worker_at_a_time_claims_a_reply_and_a_lapsed_lease_can_be_taken(mak
     assert not lease_renew(message_id=reply.id, owner=first, content="stale")  # the first lost it
     reply.refresh_from_db()
     assert (reply.content, reply.status, reply.attempts) == ("so far", "streaming", 2)
+
+
+def test_replies_are_claimed_and_renewed_together_each_as_alone(make_user):
+    first, held, second = pending_reply(make_user), pending_reply(make_user), pending_reply(make_user)
+    holder = lease_claim(message_id=held.id)
+    owners = leases_claim(message_ids=[first.id, held.id, second.id, first.id])
+    assert owners[0] and owners[2] and owners[0] != owners[2]
+    assert owners[1] is None and owners[3] is None  # held by another; already claimed in this batch
+    renewed = leases_renew(renewals=[(first.id, owners[0], "one"), (held.id, owners[0], "not mine"),
+                                     (second.id, owners[2], "two"), (held.id, holder, "held")])
+    assert renewed == [True, False, True, True]
+    assert dict(Message.objects.filter(id__in=[first.id, held.id, second.id]).values_list("id", "content")) == {
+        first.id: "one", held.id: "held", second.id: "two"}
 
 
 def test_a_released_reply_keeps_its_text_and_is_due_at_once_without_counting_an_attempt(make_user, sent):

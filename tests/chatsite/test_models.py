@@ -1,7 +1,7 @@
 import pytest
 
 from chatsite.models import Message
-from chatsite.selectors import branch_out, reply_with_branch
+from chatsite.selectors import branch_out, replies_with_branch, reply_with_branch
 from inference import RequestStatus
 from tests.chatsite.factories import conversation_with_reply
 
@@ -38,3 +38,15 @@ def test_a_reply_is_read_with_its_owner_and_the_branch_above_it_in_one_query(mak
     assert branch == [question, alternative, follow_up]
     assert reply_with_branch(message_id=first_reply.id)[1] == [question]
     assert reply_with_branch(message_id=reply.id + 1000) is None
+
+
+def test_several_replies_are_read_with_their_branches_in_one_query(make_user, django_assert_num_queries):
+    conversation, question, first_reply = conversation_with_reply(make_user())
+    second_reply = Message.objects.create(conversation=conversation, parent=question, role=Message.Role.ASSISTANT)
+    other_conversation, other_question, other_reply = conversation_with_reply(make_user())
+    with django_assert_num_queries(1):
+        found = replies_with_branch(message_ids=[first_reply.id, other_reply.id, first_reply.id + 1000, second_reply.id])
+    assert [(reply, branch) if reply else None for reply, branch in (f or (None, None) for f in found)] == [
+        (first_reply, [question]), (other_reply, [other_question]), None, (second_reply, [question]),
+    ]
+    assert found[1][0].conversation == other_conversation
