@@ -165,3 +165,25 @@ def test_the_sweeper_runs_in_the_background_of_a_worker_until_stopped(make_user,
     lapse(later)
     time.sleep(0.3)
     assert later.id not in sent
+
+
+def test_replies_generated_by_many_threads_at_once_are_each_claimed_saved_and_ended_once(make_user, settings, monkeypatch):
+    from billing.models import UsageRecord
+    from chatsite import generation
+
+    settings.CHAT_SAVE_EVERY_S = 0.01  # renewals meet in batches too
+    replies = [pending_reply(make_user, content=f"Question {index}") for index in range(6)]
+    opened, real_open_all = [], generation._open_all
+    monkeypatch.setattr(generation, "_open_all", lambda message_ids: opened.extend(message_ids) or real_open_all(message_ids))
+    threads = [threading.Thread(target=reply_generate, kwargs={"message_id": reply.id}) for reply in replies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sorted(opened) == sorted(reply.id for reply in replies)
+    rows = Message.objects.filter(id__in=[reply.id for reply in replies])
+    assert {(row.status, row.lease_owner, row.attempts) for row in rows} == {("done", "", 1)}
+    assert all(row.content and row.completion_tokens for row in rows)
+    records = UsageRecord.objects.filter(message_id__in=[reply.id for reply in replies])
+    assert sorted(record.message_id for record in records) == sorted(reply.id for reply in replies)
+    assert {record.completion_tokens for record in records} == {row.completion_tokens for row in rows}
