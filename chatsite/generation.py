@@ -19,7 +19,7 @@ from billing.plans import plan_for_user, plan_get
 from billing.usage import usage_record_many
 from chatsite import metrics, publisher
 from chatsite.group_commit import GroupCommit
-from chatsite.leases import lease_release, leases_claim, leases_renew, update_sql
+from chatsite.leases import in_id_order, lease_release, leases_claim, leases_renew, update_sql
 from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
 from chatsite.selectors import replies_with_branch, reply_stop_requested
@@ -301,12 +301,13 @@ def _ends_save(ends: list[_End]) -> list[bool]:
     holds the reply's lease; whether each was saved."""
     sql = update_sql((*END_COLUMNS, "lease_owner", "lease_expires_at", "updated_at"), ("id", "lease_owner"))
     now = connection.ops.adapt_datetimefield_value(timezone.now())
-    saved = []
+    saved = [False] * len(ends)
     with transaction.atomic(), connection.cursor() as cursor:
-        for end in ends:
+        for position in in_id_order([end.reply_id for end in ends]):
+            end = ends[position]
             values = [end.columns[name] for name in END_COLUMNS]
             cursor.execute(sql, [*values, "", None, now, end.reply_id, end.owner])
-            saved.append(cursor.rowcount > 0)
+            saved[position] = cursor.rowcount > 0
         usage_record_many(records=[end.record for end, kept in zip(ends, saved, strict=True) if kept])
     return saved
 

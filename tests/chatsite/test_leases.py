@@ -9,7 +9,15 @@ from django.utils import timezone
 from billing.plans import FREE, plan_get
 from chatsite import leases, services
 from chatsite.generation import reply_generate
-from chatsite.leases import lease_claim, lease_release, lease_renew, leases_claim, leases_renew, replies_lapsed_resend
+from chatsite.leases import (
+    in_id_order,
+    lease_claim,
+    lease_release,
+    lease_renew,
+    leases_claim,
+    leases_renew,
+    replies_lapsed_resend,
+)
 from chatsite.models import Message
 from chatsite.services import message_send
 
@@ -56,6 +64,14 @@ def test_replies_are_claimed_and_renewed_together_each_as_alone(make_user):
     assert renewed == [True, False, True, True]
     assert dict(Message.objects.filter(id__in=[first.id, held.id, second.id]).values_list("id", "content")) == {
         first.id: "one", held.id: "held", second.id: "two"}
+
+
+def test_a_batch_writes_its_rows_smallest_id_first_and_answers_in_the_callers_order(make_user):
+    assert in_id_order([30, 10, 20, 10]) == [1, 3, 2, 0]
+    first, second = pending_reply(make_user), pending_reply(make_user)
+    owners = leases_claim(message_ids=[second.id, first.id])
+    assert Message.objects.get(id=second.id).lease_owner == owners[0]
+    assert Message.objects.get(id=first.id).lease_owner == owners[1]
 
 
 def test_a_released_reply_keeps_its_text_and_is_due_at_once_without_counting_an_attempt(make_user, sent):
