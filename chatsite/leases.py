@@ -34,15 +34,10 @@ logger = logging.getLogger(__name__)
 SWEEP_BATCH = 100  # replies sent again per sweep, at most
 
 
-def lease_claim(*, message_id: int) -> str | None:
-    """Claim reply `message_id` for the calling worker if it is pending or its lease lapsed;
-    return the lease's token, or None when someone else has it or it is finished."""
-    return leases_claim(message_ids=[message_id])[0]
-
-
 def leases_claim(*, message_ids: list[int]) -> list[str | None]:
-    """`lease_claim` for each of `message_ids`, in one transaction: each claimed reply's token
-    (one token per claim), or None. An id that comes twice is claimed once."""
+    """Claim each of the replies `message_ids` for the calling worker where it is pending or
+    its lease lapsed, in one transaction: each claimed reply's lease token (one per claim), or
+    None where someone else has it or it is finished. An id that comes twice is claimed once."""
     now = timezone.now()
     ops = connection.ops
     expires, now_db = ops.adapt_datetimefield_value(now + _lease()), ops.adapt_datetimefield_value(now)
@@ -80,13 +75,9 @@ def _claim_sql() -> str:
     )
 
 
-def lease_renew(*, message_id: int, owner: str, content: str) -> bool:
-    """Save the text so far and extend the lease; False when the lease is no longer ours."""
-    return leases_renew(renewals=[(message_id, owner, content)])[0]
-
-
 def leases_renew(*, renewals: list[tuple[int, str, str]]) -> list[bool]:
-    """`lease_renew` for each (message id, owner, content), in one transaction."""
+    """For each (message id, owner, content): save the reply's text so far and extend its
+    lease, in one transaction; False where the lease is no longer that owner's."""
     now = timezone.now()
     ops = connection.ops
     expires, now_db = ops.adapt_datetimefield_value(now + _lease()), ops.adapt_datetimefield_value(now)

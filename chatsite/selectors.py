@@ -46,16 +46,12 @@ def _branch_to(by_id: dict[int, Message], leaf_id: int | None) -> list[Message]:
     return branch
 
 
-def reply_with_branch(*, message_id: int) -> tuple[Message, list[Message]] | None:
-    """Reply `message_id`, with its conversation and the conversation's owner, and the branch
-    above it (root to its parent, oldest first); None when it no longer exists."""
-    return replies_with_branch(message_ids=[message_id])[0]
-
-
 def replies_with_branch(*, message_ids: list[int]) -> list[tuple[Message, list[Message]] | None]:
-    """`reply_with_branch` for each of `message_ids`, in one query for the messages of their
-    conversations: a worker makes this read for every reply it generates, and the ORM's work
-    (compiling the query, building the rows) is most of its cost."""
+    """Each reply of `message_ids` with its conversation and the conversation's owner, and
+    the branch above it (root to its parent, oldest first); None for one that no longer
+    exists. One query for the messages of their conversations: a worker makes this read for
+    every reply it generates, and the ORM's work (compiling the query, building the rows) is
+    most of its cost."""
     messages = Message.objects.select_related("conversation__owner").filter(conversation__messages__id__in=message_ids)
     # A conversation with several of the replies comes once per reply: the same rows again.
     by_id = {message.id: message for message in messages.order_by()}

@@ -2,7 +2,7 @@
 import pytest
 
 from billing.models import UsageRecord
-from billing.usage import usage_record
+from billing.usage import usage_record_many
 
 pytestmark = pytest.mark.django_db
 
@@ -10,7 +10,9 @@ pytestmark = pytest.mark.django_db
 def record(user, message_id, **changes):
     fields = {"plan": "free", "source": "api", "status": "done", "prompt_tokens": 12, "completion_tokens": 30,
               "queue_wait_s": 0.5, "ttft_s": 0.1, "decode_s": 1.2, "compute_s": 0.4, **changes}
-    return usage_record(user=user, message_id=message_id, **fields)
+    written = UsageRecord(user=user, message_id=message_id, **fields)
+    usage_record_many(records=[written])
+    return written
 
 
 def test_a_generation_is_recorded_once_and_recording_it_again_overwrites_all_but_when(make_user):

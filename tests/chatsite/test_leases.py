@@ -9,15 +9,7 @@ from django.utils import timezone
 from billing.plans import FREE, plan_get
 from chatsite import leases, services
 from chatsite.generation import reply_generate
-from chatsite.leases import (
-    in_id_order,
-    lease_claim,
-    lease_release,
-    lease_renew,
-    leases_claim,
-    leases_renew,
-    replies_lapsed_resend,
-)
+from chatsite.leases import in_id_order, lease_release, leases_claim, leases_renew, replies_lapsed_resend
 from chatsite.models import Message
 from chatsite.services import message_send
 
@@ -34,6 +26,15 @@ def sent(monkeypatch):
 
 def pending_reply(make_user, content="Hello"):
     return message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content=content).reply
+
+
+def lease_claim(*, message_id):
+    """A worker's claim of one reply."""
+    return leases_claim(message_ids=[message_id])[0]
+
+
+def lease_renew(*, message_id, owner, content):
+    return leases_renew(renewals=[(message_id, owner, content)])[0]
 
 
 def lapse(reply, seconds=1):

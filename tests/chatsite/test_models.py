@@ -1,11 +1,15 @@
 import pytest
 
 from chatsite.models import Message
-from chatsite.selectors import branch_out, replies_with_branch, reply_with_branch
+from chatsite.selectors import branch_out, replies_with_branch
 from inference import RequestStatus
 from tests.chatsite.factories import conversation_with_reply
 
 pytestmark = pytest.mark.django_db
+
+
+def reply_with_branch(*, message_id):
+    return replies_with_branch(message_ids=[message_id])[0]
 
 
 def test_message_status_mirrors_the_engine_request_status():
