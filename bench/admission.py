@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("streams", nargs="+", type=int)
     parser.add_argument("--rounds", type=int, default=3, help="bursts per N; the median burst is shown")
     parser.add_argument("--distributed", action="store_true")
+    parser.add_argument("--workers", type=int, default=1, help="distributed: worker processes, more than one fed by one engine server")
     parser.add_argument("--new-tokens", type=int, default=1, help="tokens per answer (64: bench.gpu's end-to-end burst)")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value", help="server settings")
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the source tree the server runs (a `git worktree`)")
@@ -37,7 +38,7 @@ def main() -> None:
         model = build_tiny_model(Path(folder))
         settings = {"CHAT_MODEL": str(model), "CHAT_DTYPE": "fp32", "CHAT_MAX_RUNNING": str(max(args.streams))}
         settings.update(item.split("=", 1) for item in args.set)
-        bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout)
+        bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout, workers=args.workers)
         try:
             bench.run(max(args.streams), new_tokens=1)  # warm-up: connections, task threads
             print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}{'tok/s':>9}{'cpu s':>7}", flush=True)
@@ -47,7 +48,8 @@ def main() -> None:
                 print(f"{'distributed' if args.distributed else 'embedded':<12}{n:>5}{run['opened_p50_s']:>9.3f}{run['ttft_p50_s']:>9.3f}"
                       f"{run['ttft_p90_s']:>9.3f}{run['ttft_max_s']:>9.3f}{run['tok_s']:>9.0f}"
                       f"{run['torch_cpu_s'] + run['rest_cpu_s']:>7.2f}   (p50 of each burst: "
-                      + ", ".join(f"{r['ttft_p50_s']:.3f}" for r in runs) + ")",
+                      + ", ".join(f"{r['ttft_p50_s']:.3f}" for r in runs) + ")"
+                      + ("   worker processes' cpu s: " + ", ".join(f"{s:.2f}" for s in run["worker_cpu_s"]) if run["worker_cpu_s"] else ""),
                       flush=True)
         finally:
             bench.close()

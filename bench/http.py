@@ -76,9 +76,10 @@ class HttpBench:
     2-core machine (the tests use it)."""
 
     def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False,
-                 checkout: Path = ROOT) -> None:
+                 checkout: Path = ROOT, workers: int = 1) -> None:
         """`settings`: environment variables for the server, over the defaults below.
-        `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own.
+        `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own;
+        `workers` > 1: that many worker processes, fed by one engine server (`manage.py engine_server`).
         `checkout`: the source tree the server runs (e.g. a `git worktree` of an older commit),
         with this virtual environment."""
         self._data = tempfile.TemporaryDirectory()
@@ -108,12 +109,17 @@ class HttpBench:
             [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
             cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
-        self._worker = None
-        if distributed:
-            self._worker = subprocess.Popen(
-                [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING"],
+        self._workers: list[subprocess.Popen] = []
+        if distributed and workers > 1:
+            env["CHAT_ENGINE_ADDRESS"] = str(Path(self._data.name) / "engine.sock")
+            self._workers.append(subprocess.Popen([*manage, "engine_server"], cwd=checkout, env=env,
+                                                  stdout=self._log, stderr=subprocess.STDOUT))
+        for index in range(workers if distributed else 0):
+            self._workers.append(subprocess.Popen(
+                [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING",
+                 "-n", f"bench{index}@%h"],
                 cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            )
+            ))
         self._loop = asyncio.new_event_loop()
         self._port = port
         self._headers = [("Host", f"127.0.0.1:{port}"), ("Authorization", f"Bearer {key}"),
@@ -177,21 +183,26 @@ class HttpBench:
         stream opened (`opened_p50_s`: the call admitted, its reply queued), and the CPU seconds the
         server spent meanwhile: `torch_cpu_s` in its two busiest threads (the engine's torch
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
-        distributed mode only the web process is counted."""
+        distributed mode only the web process is counted there, and `worker_cpu_s` holds the
+        CPU seconds of each worker process (the engine server's last, where there is one)."""
         async def wave():
             started = time.perf_counter()
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
         before = thread_cpu_s(self._server.pid)
+        workers_before = [sum(thread_cpu_s(worker.pid).values()) for worker in self._workers]
         tok_s, answers = self._loop.run_until_complete(wave())
         ttfts, opened = [answer[1] for answer in answers], [answer[2] for answer in answers]
         after = thread_cpu_s(self._server.pid)
+        workers_cpu = [sum(thread_cpu_s(worker.pid).values()) - used
+                       for worker, used in zip(self._workers, workers_before, strict=True)]
+        workers_cpu = workers_cpu[1:] + workers_cpu[:1] if len(workers_cpu) > 1 else workers_cpu
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
         deciles = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
         return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "ttft_p90_s": deciles[-1], "ttft_max_s": max(ttfts),
                 "opened_p50_s": statistics.median(opened),
-                "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:])}
+                "torch_cpu_s": sum(used[:2]), "rest_cpu_s": sum(used[2:]), "worker_cpu_s": workers_cpu}
 
     @staticmethod
     def _create_database() -> str:
@@ -206,10 +217,9 @@ class HttpBench:
         for connection in self._idle:
             connection.writer.close()
         self._loop.close()
-        for process in (self._server, self._worker):
-            if process:
-                process.terminate()
-                process.wait(30)
+        for process in (self._server, *self._workers[::-1]):  # the engine server, where there is one, last
+            process.terminate()
+            process.wait(30)
         self._log.close()
         self._data.cleanup()
         if self._database:

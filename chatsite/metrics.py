@@ -50,7 +50,8 @@ def usage_observe(record) -> None:
 
 
 class EngineCollector:
-    """Running and waiting requests and KV cache use, per worker, from their last snapshots."""
+    """Running and waiting requests and KV cache use, per engine, from the last snapshots of
+    the workers (labelled with the first worker, by name, of those that share an engine)."""
 
     def collect(self):
         running = GaugeMetricFamily("chatsite_requests_running", "Requests in the engine's running batch.",
@@ -58,7 +59,12 @@ class EngineCollector:
         waiting = GaugeMetricFamily("chatsite_requests_waiting", "Requests waiting for the engine.", labels=["worker"])
         kv = GaugeMetricFamily("chatsite_kv_cache_usage_ratio", "KV cache in use, 0 to 1 of the engine's cap.",
                                labels=["worker"])
+        engines = set()
         for worker in workers_live():
+            engine = worker.get("engine", worker["hostname"])
+            if engine in engines:
+                continue
+            engines.add(engine)
             host = worker["hostname"]
             running.add_metric([host], worker.get("running", 0))
             waiting.add_metric([host], worker.get("waiting", 0))

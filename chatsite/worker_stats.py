@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import socket
 import threading
 import time
@@ -30,6 +31,9 @@ def worker_stats_publish(hostname: str) -> None:
     snapshot = {"hostname": hostname, "at": time.time(), "state": "loading" if engine is None else "ready"}
     if engine is not None:
         snapshot.update(dataclasses.asdict(engine.snapshot()))
+        # Worker processes sharing one engine server report the same figures: who counts
+        # them (metrics, the console) counts each engine once.
+        snapshot["engine"] = f"{socket.gethostname()}:{getattr(engine, 'pid', None) or os.getpid()}"
     cache.set(_key(hostname), snapshot, TTL_S)
     hosts = cache.get(HOSTS_KEY) or []
     if hostname not in hosts:

@@ -65,6 +65,9 @@ class EngineConfig:
     # auto | on | off: run the engine in a process of its own (inference.engine_process), so its
     # step loop shares no interpreter lock with the worker's threads; auto = on with CUDA.
     process: str = "auto"
+    # A shared engine server's Unix socket (inference.engine_process.serve): connect to it
+    # instead of loading a model here; the server's own config then governs the engine.
+    address: str = ""
 
     def __post_init__(self) -> None:
         if self.max_running < 1:

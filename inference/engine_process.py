@@ -16,11 +16,18 @@ each request's new text joined into one event.
 If the child dies, every request still open ends as a shutdown ends it (STOPPED, "shutdown"):
 the worker gives each reply back with its text so far, and `inference.worker.engine_get`
 starts a new child.
+
+One engine can also serve several worker processes (`EngineConfig.address`): one engine
+server per GPU (`serve`, started by `manage.py engine_server`) loads the model once and
+listens on a Unix socket; each worker process connects to it with `EngineProcess.connect`
+and is used exactly as its own child would be. Each worker's requests are its own: a worker
+that leaves or dies has its requests ended as a shutdown ends them, and the others' go on.
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import logging
 import os
 import queue
@@ -32,6 +39,7 @@ import threading
 import time
 from dataclasses import asdict, replace
 from functools import partial
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Listener
 from pathlib import Path
 
@@ -46,7 +54,19 @@ logger = logging.getLogger(__name__)
 STATS_EVERY_S = 0.5  # how often the child reports its EngineStats
 IDLE_POLL_S = 0.05  # the relay's longest sleep: events sent outside a step wait at most this
 SHUTDOWN_GRACE_S = 5.0  # past the engine's own shutdown timeout, before the child is killed
+CONNECT_WAIT_S = 120.0  # how long a worker waits for its engine server to listen (it loads a model first)
 DEFAULT_CONFIG = EngineConfig()
+
+
+def key_path(address: str) -> str:
+    """Where the server at `address` keeps the key its workers authenticate with: readable by
+    its own user alone, since what crosses the socket is pickled."""
+    return address + ".key"
+
+
+def _child_environment() -> dict[str, str]:
+    package_root = str(Path(__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
 
 
 def uses_process(config: EngineConfig) -> bool:
@@ -85,22 +105,28 @@ class RemoteRequest(EventStream):
 
 
 class EngineProcess:
-    """Thread-safe, as Engine is. `start` returns once the child has loaded the model."""
+    """Thread-safe, as Engine is. `start` returns once the child has loaded the model;
+    `connect` attaches to an engine server another process runs."""
 
     def __init__(self, config: EngineConfig = DEFAULT_CONFIG) -> None:
-        self.config = config
+        """Start a child of this process that loads `config`'s engine and serves only this one."""
         # A fresh interpreter running this module, rather than multiprocessing's spawn, which
         # would import the parent's main script again (and fork would copy its threads' locks).
         authkey = secrets.token_bytes(32)
         listener = Listener(family="AF_UNIX", authkey=authkey)
-        package_root = str(Path(__file__).resolve().parent.parent)
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-        self._process = subprocess.Popen(
+        self.address: str | None = None
+        self._process: subprocess.Popen | None = subprocess.Popen(
             [sys.executable, "-m", "inference.engine_process", listener.address],
-            env=environment, stdin=subprocess.PIPE,
+            env=_child_environment(), stdin=subprocess.PIPE,
         )
         try:
-            self._connect(listener, authkey)
+            self._process.stdin.write(authkey)
+            self._process.stdin.close()
+            connection = self._accept(listener)
+            connection.send(config)
+            # The parent needs the tokenizer for prompts; it loads while the child loads the model.
+            tokenizer = load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download)
+            self._attach(connection, tokenizer)
         except BaseException:
             self._process.kill()
             self._process.wait()
@@ -108,40 +134,56 @@ class EngineProcess:
         finally:
             listener.close()
 
-    def _connect(self, listener: Listener, authkey: bytes) -> None:
-        """Hand the child its key and config and wait until it has loaded the model."""
-        config = self.config
-        self._process.stdin.write(authkey)
-        self._process.stdin.close()
-        self._commands = self._accept(listener)
-        self._events = self._accept(listener)
-        self._commands.send(config)
+    @classmethod
+    def start(cls, config: EngineConfig = DEFAULT_CONFIG) -> EngineProcess:
+        return cls(config)
+
+    @classmethod
+    def connect(cls, address: str, wait_s: float = CONNECT_WAIT_S) -> EngineProcess:
+        """Attach to the engine server listening at `address` (see `serve`), waiting up to
+        `wait_s` seconds for it to be there: a worker may start before its server has loaded."""
+        self = cls.__new__(cls)
+        self.address = address
+        self._process = None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                connection = Client(address, family="AF_UNIX", authkey=Path(key_path(address)).read_bytes())
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as error:
+                if time.monotonic() >= deadline:
+                    raise ConnectionError(f"no engine server is listening at {address}") from error
+                time.sleep(0.2)
+        self._attach(connection, None)
+        return self
+
+    def _attach(self, connection, tokenizer) -> None:
+        """Wait until the engine behind `connection` is ready, then start receiving its events."""
+        self._connection = connection
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._requests: dict[int, RemoteRequest] = {}
         self._ids = itertools.count(1)
         self._alive = True
         self._shutting_down = False
-        self._stats = EngineStats(max_running=config.max_running, max_kv_tokens=config.max_kv_tokens)
-        # The parent needs the tokenizer for prompts; it loads while the child loads the model.
-        self.tokenizer = load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download)
         try:
-            message = self._events.recv()
+            message = connection.recv()
         except EOFError:
-            message = ("failed", RuntimeError(f"the engine process exited with code {self._process.wait()}"))
+            code = None if self._process is None else self._process.wait()
+            message = ("failed", RuntimeError(f"the engine process exited with code {code}"))
         if message[0] == "failed":
-            self._process.wait(SHUTDOWN_GRACE_S)
+            if self._process is not None:
+                self._process.wait(SHUTDOWN_GRACE_S)
             raise message[1]
-        self.context_length: int = message[1]
+        _, self.context_length, self.config, self._pid = message
+        config = self.config
+        self._stats = EngineStats(max_running=config.max_running, max_kv_tokens=config.max_kv_tokens)
+        self.tokenizer = tokenizer or load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download)
         self._receiver = threading.Thread(target=self._receive, name="engine-events", daemon=True)
         self._receiver.start()
 
-    @classmethod
-    def start(cls, config: EngineConfig = DEFAULT_CONFIG) -> EngineProcess:
-        return cls(config)
-
     def _accept(self, listener: Listener):
-        """The child's next connection; an error if the child exits before it connects."""
+        """The child's connection; an error if the child exits before it connects."""
         accepted: list = []
         thread = threading.Thread(target=lambda: accepted.append(listener.accept()), daemon=True)
         thread.start()
@@ -153,12 +195,14 @@ class EngineProcess:
 
     @property
     def alive(self) -> bool:
-        """False once the child has ended (shut down, or died): a new one must be started."""
-        return self._alive and not self._shutting_down and self._process.poll() is None
+        """False once the engine has ended or gone (shut down, died, or this one left its
+        server): a new one must be started, or connected to."""
+        return self._alive and not self._shutting_down and (self._process is None or self._process.poll() is None)
 
     @property
-    def pid(self) -> int | None:
-        return self._process.pid
+    def pid(self) -> int:
+        """The engine's process: this one's child, or the server's."""
+        return self._pid
 
     def submit(
         self,
@@ -189,29 +233,31 @@ class EngineProcess:
         return replace(self._stats)
 
     def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop every request (their text so far is kept) and end the child."""
+        """Stop every request of this process (their text so far is kept), and end the child;
+        a server's engine goes on serving its other workers."""
         with self._lock:
             self._shutting_down = True
         with contextlib.suppress(OSError):  # already gone
-            self._send(("shutdown", timeout))
+            self._send(("shutdown" if self._process is not None else "leave", timeout))
         self._receiver.join(timeout + SHUTDOWN_GRACE_S)
-        try:
-            self._process.wait(SHUTDOWN_GRACE_S)
-        except subprocess.TimeoutExpired:
-            logger.warning("the engine process did not stop; killing it")
-            self._process.kill()
-            self._process.wait()
-        self._commands.close()
+        if self._process is not None:
+            try:
+                self._process.wait(SHUTDOWN_GRACE_S)
+            except subprocess.TimeoutExpired:
+                logger.warning("the engine process did not stop; killing it")
+                self._process.kill()
+                self._process.wait()
+        self._connection.close()
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
-            self._commands.send(message)
+            self._connection.send(message)
 
     def _receive(self) -> None:
-        """Hand each event to its request until the child stops; then end what is still open."""
+        """Hand each event to its request until the engine stops; then end what is still open."""
         while True:
             try:
-                message = self._events.recv()
+                message = self._connection.recv()
             except (EOFError, OSError):
                 break
             if message[0] == "events":
@@ -232,7 +278,8 @@ class EngineProcess:
             self._alive = False
             left, self._requests = list(self._requests.values()), {}
         if left and not self._shutting_down:
-            logger.error("the engine process ended with %d requests open (exit code %s)", len(left), self._process.poll())
+            code = None if self._process is None else self._process.poll()
+            logger.error("the engine process ended with %d requests open (exit code %s)", len(left), code)
         for request in left:  # as a shutdown ends them: the worker gives each reply back
             request._deliver(FinishEvent(status=RequestStatus.STOPPED, reason="shutdown", usage=request.usage))
 
@@ -250,7 +297,6 @@ class _Relay:
         self._wake = threading.Condition()
         self._closed = False
         self._last_stats = 0.0
-        engine.after_step = self.wake
         self._thread = threading.Thread(target=self._run, name="engine-relay", daemon=True)
         self._thread.start()
 
@@ -314,57 +360,177 @@ def coalesce(batch: list[tuple[int, Event]]) -> list[tuple[int, str, int, Finish
     return [tuple(entry) for entry in grouped.values()]
 
 
-def _serve(address: str, authkey: bytes) -> None:
+class EngineServer:
+    """The engine's side of the sockets: one engine, and each connected worker served on a
+    thread of its own, its requests and its relay its own."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._relays: set[_Relay] = set()
+        self._lock = threading.Lock()
+        engine.after_step = self._wake
+
+    def _wake(self) -> None:
+        for relay in tuple(self._relays):
+            relay.wake()
+
+    def serve(self, connection, *, owner: bool) -> None:
+        """Obey one worker's commands until it goes or asks to. `owner`: the engine is this
+        worker's alone, and ends with it; otherwise its requests end as a shutdown ends them."""
+        requests: dict = {}
+        # Sent before the relay starts: from then on only the relay's thread writes.
+        connection.send(("ready", self.engine.context_length, self.engine.config, os.getpid()))
+        relay = _Relay(self.engine, connection, requests)
+        with self._lock:
+            self._relays.add(relay)
+        if not owner:
+            logger.info("%s connected", threading.current_thread().name)
+        timeout = 10.0
+        try:
+            timeout = self._obey(connection, requests, relay)
+        finally:
+            if owner:
+                self.engine.shutdown(timeout)
+            else:
+                logger.info("%s left; its %d open requests end as a shutdown", threading.current_thread().name, len(requests))
+                _requests_end(requests, timeout)
+            relay.close()
+            with self._lock:
+                self._relays.discard(relay)
+
+    def _obey(self, connection, requests: dict, relay: _Relay) -> float:
+        """The command loop; returns the timeout the worker gave for ending its requests."""
+        engine = self.engine
+        while True:
+            try:
+                message = connection.recv()
+            except (EOFError, OSError):  # the worker is gone
+                return 10.0
+            if message[0] == "submit":
+                _, request_id, prompt_ids, params, priority, arrival_time = message
+                sink = partial(relay.add, request_id)
+                try:
+                    request = requests[request_id] = engine.submit(
+                        prompt_ids, params, priority=priority, arrival_time=arrival_time, sink=sink
+                    )
+                    if request.status.finished:  # ended before it was recorded: the relay did not see it there
+                        requests.pop(request_id, None)
+                except EngineShuttingDown:
+                    sink(FinishEvent(status=RequestStatus.STOPPED, reason="shutdown", usage=Usage(len(prompt_ids))))
+                except Exception as error:  # the worker checked the prompt; anything else fails this request alone
+                    logger.exception("submitting request %s failed", request_id)
+                    sink(FinishEvent(status=RequestStatus.FAILED, reason=f"error: {error}", usage=Usage(len(prompt_ids))))
+            elif message[0] == "cancel":
+                request = requests.get(message[1])
+                if request is not None:
+                    request.cancel(message[2])
+            elif message[0] in ("shutdown", "leave"):
+                return message[1]
+
+    def close(self, timeout: float = 10.0) -> None:
+        """End every request as a shutdown does; each worker is told the engine stopped."""
+        self.engine.shutdown(timeout)
+        with self._lock:
+            relays = tuple(self._relays)
+        for relay in relays:
+            relay.close()
+
+
+def _requests_end(requests: dict, timeout: float) -> None:
+    """End a leaving worker's requests as a shutdown would, and wait (up to `timeout`) until
+    the engine has ended them, so their finishes are sent before the relay closes."""
+    for request in list(requests.values()):
+        request.cancel("shutdown")
+    deadline = time.monotonic() + timeout
+    while requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def serve(config: EngineConfig, address: str) -> None:
+    """Load `config`'s engine and serve every worker process that connects to the Unix socket
+    `address`, until SIGTERM or SIGINT; then end every request as a shutdown does (each worker
+    gives its replies back) and remove the socket."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine-server %(levelname)s %(name)s: %(message)s")
+    if os.path.exists(address):
+        try:
+            Client(address, family="AF_UNIX", authkey=Path(key_path(address)).read_bytes()).close()
+        except (OSError, EOFError, AuthenticationError):
+            os.unlink(address)  # left by a server that is gone
+        else:
+            raise RuntimeError(f"an engine server is already listening at {address}")
+    engine = Engine.load(config)
+    heap_freeze()
+    authkey = secrets.token_bytes(32)
+    descriptor = os.open(key_path(address), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as key_file:
+        key_file.write(authkey)
+    previous_umask = os.umask(0o077)  # the socket, too, for this user alone
+    try:
+        listener = Listener(address, family="AF_UNIX", authkey=authkey)
+    finally:
+        os.umask(previous_umask)
+    server = EngineServer(engine)
+
+    def stop(signum, frame):
+        raise _Stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    logger.info("serving %s on %s (%s)", config.model or "the default model", address, engine.runner.device)
+    clients = itertools.count(1)
+    try:
+        while True:
+            try:
+                connection = listener.accept()
+            except (OSError, EOFError, AuthenticationError) as error:  # one caller's failed handshake
+                logger.warning("a connection was refused: %r", error)
+                continue
+            threading.Thread(
+                target=server.serve, args=(connection,), kwargs={"owner": False},
+                name=f"worker {next(clients)}", daemon=True,
+            ).start()
+    except _Stop:
+        logger.info("stopping: ending every request as a shutdown")
+    finally:
+        listener.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(key_path(address))
+        server.close()
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGINT reached the engine server."""
+
+
+def _serve_owned(address: str, authkey: bytes) -> None:
     """The child process: connect to the parent, load the engine, then obey commands until
     shutdown or the parent goes."""
     # Ctrl-C reaches the whole process group; the parent decides when the engine stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine-process %(levelname)s %(name)s: %(message)s")
-    commands = Client(address, family="AF_UNIX", authkey=authkey)
-    events = Client(address, family="AF_UNIX", authkey=authkey)
-    config: EngineConfig = commands.recv()
+    connection = Client(address, family="AF_UNIX", authkey=authkey)
+    config: EngineConfig = connection.recv()
     try:
         engine = Engine.load(config)
     except BaseException as error:  # handed to the parent, which raises it
         try:
-            events.send(("failed", error))
+            connection.send(("failed", error))
         except Exception:  # not picklable
-            events.send(("failed", RuntimeError(f"the engine process could not start: {error!r}")))
+            connection.send(("failed", RuntimeError(f"the engine process could not start: {error!r}")))
         return
     heap_freeze()
-    requests: dict = {}
-    relay = _Relay(engine, events, requests)
-    events.send(("ready", engine.context_length))
-    shutdown_timeout = 10.0
-    while True:
-        try:
-            message = commands.recv()
-        except (EOFError, OSError):  # the parent is gone
-            break
-        if message[0] == "submit":
-            _, request_id, prompt_ids, params, priority, arrival_time = message
-            sink = partial(relay.add, request_id)
-            try:
-                request = requests[request_id] = engine.submit(
-                    prompt_ids, params, priority=priority, arrival_time=arrival_time, sink=sink
-                )
-                if request.status.finished:  # ended before it was recorded: the relay did not see it there
-                    requests.pop(request_id, None)
-            except EngineShuttingDown:
-                sink(FinishEvent(status=RequestStatus.STOPPED, reason="shutdown", usage=Usage(len(prompt_ids))))
-            except Exception as error:  # the parent checked the prompt; anything else fails this request alone
-                logger.exception("submitting request %s failed", request_id)
-                sink(FinishEvent(status=RequestStatus.FAILED, reason=f"error: {error}", usage=Usage(len(prompt_ids))))
-        elif message[0] == "cancel":
-            request = requests.get(message[1])
-            if request is not None:
-                request.cancel(message[2])
-        elif message[0] == "shutdown":
-            shutdown_timeout = message[1]
-            break
-    engine.shutdown(shutdown_timeout)
-    relay.close()
+    EngineServer(engine).serve(connection, owner=True)
+
+
+def main(argv: list[str]) -> None:
+    """`ADDRESS` (the key on stdin): the child of one worker. `--serve ADDRESS CONFIG_JSON`:
+    an engine server for any worker that connects (tests and scripts; the product starts one
+    with `manage.py engine_server`)."""
+    if argv[0] == "--serve":
+        serve(EngineConfig(**json.loads(argv[2])), argv[1])
+    else:
+        _serve_owned(argv[0], sys.stdin.buffer.read())
 
 
 if __name__ == "__main__":
-    _serve(sys.argv[1], sys.stdin.buffer.read())
+    main(sys.argv[1:])

@@ -1,6 +1,7 @@
 """The one engine of a worker process, loaded once and shared by all of its task threads:
-an Engine in this process, or an EngineProcess (its own child process) where the config asks
-for one (`EngineConfig.process`; on a GPU by default)."""
+an Engine in this process, an EngineProcess (its own child process) where the config asks
+for one (`EngineConfig.process`; on a GPU by default), or the engine server at
+`EngineConfig.address` that several worker processes share."""
 from __future__ import annotations
 
 import threading
@@ -14,7 +15,10 @@ _lock = threading.Lock()
 
 
 def engine_start(config: EngineConfig) -> Engine | EngineProcess:
-    """A new engine for `config`, in this process or a child, loaded and ready."""
+    """A new engine for `config`, loaded and ready: the server at `config.address`, or one in
+    this process or a child."""
+    if config.address:
+        return EngineProcess.connect(config.address)
     return EngineProcess.start(config) if uses_process(config) else Engine.load(config)
 
 

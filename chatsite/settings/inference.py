@@ -14,6 +14,7 @@ INFERENCE_ENGINE = {
     "runner": env_str("CHAT_RUNNER", "auto"),  # auto | cpu | gpu: auto takes the GPU runner on CUDA
     "prefill_tokens": env_int("CHAT_PREFILL_TOKENS", 2048),  # prompt tokens prefilled a step (GPU runner)
     "process": env_str("CHAT_ENGINE_PROCESS", "auto"),  # auto | on | off: the engine in a child process; auto = on with CUDA
+    "address": env_str("CHAT_ENGINE_ADDRESS"),  # a shared engine server's socket (manage.py engine_server); empty: this worker's own
 }
 # The id /v1/models lists and /v1/chat/completions accepts.
 CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (

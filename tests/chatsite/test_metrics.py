@@ -71,6 +71,20 @@ def test_engine_gauges_come_from_the_workers_snapshots(client, settings, tiny_en
     assert 'chatsite_kv_cache_usage_ratio{worker="w1@test"} 0.0' in text
 
 
+def test_workers_sharing_one_engine_are_counted_once(client, settings, tiny_engine_config):
+    """Worker processes fed by one engine server report its figures alike: a sum over the
+    gauges must count that engine once."""
+    from inference.worker import engine_get
+
+    settings.METRICS_TOKEN = TOKEN
+    engine_get(tiny_engine_config)
+    worker_stats_publish("w1@test")
+    worker_stats_publish("w2@test")  # the same engine, as a second worker of one server sees it
+    text = scrape(client)
+    assert sample(text, "chatsite_requests_running", worker="w1@test") == 0
+    assert 'worker="w2@test"' not in text
+
+
 def test_the_grafana_dashboard_asks_only_for_metrics_we_export(client, settings, tiny_engine_config):
     import json
     from pathlib import Path

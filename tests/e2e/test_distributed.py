@@ -15,7 +15,9 @@ import pytest
 import redis
 
 from tests.e2e.servers import (
+    BIN,
     Daphne,
+    Process,
     celery_worker,
     chat,
     create_api_key,
@@ -278,6 +280,48 @@ def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_pa
     assert max(attempts for _, attempts, _ in rows) >= 2  # taken over from the killed worker
     logs = {name: processes[name].log()[-3000:] for name in ("first", "second")}
     assert "generate_reply[" in logs["second"], logs
+
+
+def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, database_url):
+    """One engine per GPU: `manage.py engine_server` loads the model, and two `celery worker`
+    processes with CHAT_ENGINE_ADDRESS feed it instead of loading their own."""
+    require_service("127.0.0.1", 6379, "Redis")
+    redis_url = "redis://127.0.0.1:6379/13"
+    redis.Redis.from_url(redis_url).flushdb()
+    env = server_env(
+        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="shared-" + uuid.uuid4().hex,
+        CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
+        CHAT_ENGINE_ADDRESS=str(tmp_path / "engine.sock"), CHAT_MODEL_TITLES="0",
+    )
+    manage(env, "migrate", "--noinput")
+    processes = {"engine": Process("engine", [str(BIN / "python"), "manage.py", "engine_server"], env, tmp_path)}
+    try:
+        processes["engine"].wait_for_log("serving")
+        processes["first"] = celery_worker(env, tmp_path, name="first")
+        processes["second"] = celery_worker(env, tmp_path, name="second")
+        processes["web"] = server = Daphne(env, tmp_path)
+        processes["engine"].wait_for_log("worker 2 connected")
+        key = create_api_key(sign_up(server.url, "shared-engine"))
+
+        async def calls():
+            async with httpx.AsyncClient(base_url=server.url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+                model = (await client.get("/v1/models")).json()["data"][0]["id"]
+                bodies = [{"model": model, "messages": [{"role": "user", "content": f"story {n}"}],
+                           "max_tokens": 200, "ignore_eos": True} for n in range(8)]
+                return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for body in bodies))
+
+        answers = [response.json() for response in asyncio.run(calls())]
+        assert all(answer["choices"][0]["finish_reason"] == "length" and answer["choices"][0]["message"]["content"]
+                   for answer in answers), answers
+        # Four task threads each: eight calls at once keep both workers busy.
+        assert "generate_reply[" in processes["first"].log() and "generate_reply[" in processes["second"].log()
+        processes["first"].stop()
+        processes["engine"].wait_for_log("worker [12] left")
+        assert processes["engine"].popen.poll() is None
+    finally:
+        for process in reversed(processes.values()):
+            process.stop()
+        redis.Redis.from_url(redis_url).flushdb()
 
 
 def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
