@@ -200,21 +200,27 @@ def test_replies_beyond_the_worker_connection_pool_are_generated_together(distri
     assert max(first_tokens) < min(last_tokens)
 
 
+def own_env(tmp_path, tiny_model_dir, database_url, redis_url, **settings) -> dict[str, str]:
+    """Settings for processes of a test's own, on an emptied Redis database, migrated."""
+    require_service("127.0.0.1", 6379, "Redis")
+    redis.Redis.from_url(redis_url).flushdb()
+    env = server_env(
+        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="own-" + uuid.uuid4().hex,
+        CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32", **settings,
+    )
+    manage(env, "migrate", "--noinput")
+    return env
+
+
 @pytest.fixture
 def takeover(tmp_path, tiny_model_dir, database_url):
     """A daphne and a worker of their own on Redis database 12, with short leases, for killing.
     The engine runs one reply at a time, so a kill at the first token finds three not begun
     (four at once could all finish before that token had crossed daphne to the client)."""
-    require_service("127.0.0.1", 6379, "Redis")
     redis_url = "redis://127.0.0.1:6379/12"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = server_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="takeover-" + uuid.uuid4().hex,
-        CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
-        CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
-        CHAT_MAX_RUNNING="1",
-    )
-    manage(env, "migrate", "--noinput")
+    env = own_env(tmp_path, tiny_model_dir, database_url, redis_url,
+                  CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
+                  CHAT_MAX_RUNNING="1")
     processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
     yield env, processes
     for process in processes.values():
@@ -285,15 +291,9 @@ def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_pa
 def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, database_url):
     """One engine per GPU: `manage.py engine_server` loads the model, and two `celery worker`
     processes with CHAT_ENGINE_ADDRESS feed it instead of loading their own."""
-    require_service("127.0.0.1", 6379, "Redis")
     redis_url = "redis://127.0.0.1:6379/13"
-    redis.Redis.from_url(redis_url).flushdb()
-    env = server_env(
-        DATABASE_URL=database_url, REDIS_URL=redis_url, DJANGO_SECRET_KEY="shared-" + uuid.uuid4().hex,
-        CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
-        CHAT_ENGINE_ADDRESS=str(tmp_path / "engine.sock"), CHAT_MODEL_TITLES="0",
-    )
-    manage(env, "migrate", "--noinput")
+    env = own_env(tmp_path, tiny_model_dir, database_url, redis_url,
+                  CHAT_ENGINE_ADDRESS=str(tmp_path / "engine.sock"), CHAT_MODEL_TITLES="0")
     processes = {"engine": Process("engine", [str(BIN / "python"), "manage.py", "engine_server"], env, tmp_path)}
     try:
         processes["engine"].wait_for_log("serving")
