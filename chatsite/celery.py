@@ -1,6 +1,7 @@
 """The Celery app. `celery -A chatsite worker -Q plus,free` runs a GPU/CPU inference worker."""
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -8,6 +9,8 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown, worker_shutting_down
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+
+logger = logging.getLogger(__name__)
 
 app = Celery("chatsite")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -25,7 +28,16 @@ def _load_engine_early(**_) -> None:
     from inference.worker import engine_get
 
     config = EngineConfig(**settings.INFERENCE_ENGINE)
-    threading.Thread(target=engine_get, args=(config,), name="engine-load", daemon=True).start()
+    threading.Thread(target=_engine_load, args=(config, engine_get), name="engine-load", daemon=True).start()
+
+
+def _engine_load(config, engine_get) -> None:
+    from inference.engine import EngineShuttingDown
+
+    try:
+        engine_get(config)
+    except EngineShuttingDown as error:  # an engine server not there (yet): each task tries again
+        logger.error("%s; replies wait in the queue until it answers", error)
 
 
 @worker_ready.connect

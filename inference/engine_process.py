@@ -58,6 +58,11 @@ CONNECT_WAIT_S = 120.0  # how long a worker waits for its engine server to liste
 DEFAULT_CONFIG = EngineConfig()
 
 
+class EngineUnreachable(EngineShuttingDown):
+    """No engine server answered at the address: nothing was queued; the request may be
+    taken by another worker, or by this one once the server is back."""
+
+
 def key_path(address: str) -> str:
     """Where the server at `address` keeps the key its workers authenticate with: readable by
     its own user alone, since what crosses the socket is pickled."""
@@ -139,20 +144,21 @@ class EngineProcess:
         return cls(config)
 
     @classmethod
-    def connect(cls, address: str, wait_s: float = CONNECT_WAIT_S) -> EngineProcess:
+    def connect(cls, address: str, wait_s: float | None = None) -> EngineProcess:
         """Attach to the engine server listening at `address` (see `serve`), waiting up to
-        `wait_s` seconds for it to be there: a worker may start before its server has loaded."""
+        `wait_s` seconds (CONNECT_WAIT_S) for it to be there: a worker may start before its
+        server has loaded. EngineUnreachable if it is not."""
         self = cls.__new__(cls)
         self.address = address
         self._process = None
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + (CONNECT_WAIT_S if wait_s is None else wait_s)
         while True:
             try:
                 connection = Client(address, family="AF_UNIX", authkey=Path(key_path(address)).read_bytes())
                 break
             except (FileNotFoundError, ConnectionRefusedError) as error:
                 if time.monotonic() >= deadline:
-                    raise ConnectionError(f"no engine server is listening at {address}") from error
+                    raise EngineUnreachable(f"no engine server is listening at {address}") from error
                 time.sleep(0.2)
         self._attach(connection, None)
         return self

@@ -5,13 +5,18 @@ for one (`EngineConfig.process`; on a GPU by default), or the engine server at
 from __future__ import annotations
 
 import threading
+import time
 
 from inference.engine import Engine, EngineConfig
-from inference.engine_process import EngineProcess, uses_process
+from inference.engine_process import EngineProcess, EngineUnreachable, uses_process
 from inference.heap import heap_freeze
 
 _engine: Engine | EngineProcess | None = None
 _lock = threading.Lock()
+# After an engine server could not be reached, callers are told so at once for this long
+# instead of each waiting its turn for the whole connect timeout.
+UNREACHABLE_HOLD_S = 5.0
+_unreachable: tuple[str, float] = ("", 0.0)  # the address, and until when
 
 
 def engine_start(config: EngineConfig) -> Engine | EngineProcess:
@@ -25,10 +30,16 @@ def engine_start(config: EngineConfig) -> Engine | EngineProcess:
 def engine_get(config: EngineConfig) -> Engine | EngineProcess:
     """The process's engine, loading it on first use (Celery's worker start calls this early),
     and again if it has ended without a shutdown (an engine process that died)."""
-    global _engine
+    global _engine, _unreachable
     with _lock:
         if _engine is None or not _engine.alive:
-            _engine = engine_start(config)
+            if config.address and _unreachable[0] == config.address and time.monotonic() < _unreachable[1]:
+                raise EngineUnreachable(f"no engine server answered at {config.address} a moment ago")
+            try:
+                _engine = engine_start(config)
+            except EngineUnreachable:
+                _unreachable = (config.address, time.monotonic() + UNREACHABLE_HOLD_S)
+                raise
             heap_freeze()
         return _engine
 

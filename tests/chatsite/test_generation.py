@@ -218,3 +218,30 @@ def test_an_engine_in_its_own_process_generates_the_same_reply(make_user, engine
     assert remote.status == "done" and remote.content == local.content and remote.content
     assert remote.completion_tokens == local.completion_tokens > 0
     assert remote.compute_s > 0 and remote.ttft_s >= remote.queue_wait_s >= 0
+
+
+def test_a_reply_whose_engine_server_is_not_there_waits_in_the_queue(make_user, settings, monkeypatch, tmp_path):
+    """A worker fed by an engine server that is down gives the reply back, unfailed and not
+    counted as an attempt, and tells the next tasks at once rather than after another wait."""
+    import time
+
+    from inference import engine_process
+    from inference.worker import engine_current, engine_set
+
+    before = engine_current()
+    engine_set(None)
+    monkeypatch.setattr(engine_process, "CONNECT_WAIT_S", 0.3)
+    settings.INFERENCE_ENGINE = {**settings.INFERENCE_ENGINE, "address": str(tmp_path / "nobody.sock")}
+    user = make_user()
+    try:
+        _, first, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Hello")
+        _, second, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Hello")
+        reply_generate(message_id=first.id)
+        started = time.monotonic()
+        reply_generate(message_id=second.id)
+        assert time.monotonic() - started < 0.25  # told at once, not after another 0.3 s wait
+    finally:
+        engine_set(before)
+    for reply in (first, second):
+        reply.refresh_from_db()
+        assert (reply.status, reply.attempts, reply.lease_owner, reply.content) == ("pending", 0, "", "")

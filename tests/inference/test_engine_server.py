@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from inference import Engine, FinishEvent, RequestStatus, SamplingParams, TokenEvent
-from inference.engine_process import EngineProcess, key_path
+from inference.engine_process import EngineProcess, EngineUnreachable, key_path
 from inference.worker import engine_get, engine_set, engine_shutdown
 from tests.inference.test_engine import prompt, run
 
@@ -176,6 +176,6 @@ def test_only_a_caller_with_the_key_is_served_and_a_second_server_is_refused(ser
 
 def test_connecting_where_no_server_listens_fails_clearly(address):
     started = time.monotonic()
-    with pytest.raises(ConnectionError, match="no engine server is listening"):
+    with pytest.raises(EngineUnreachable, match="no engine server is listening"):
         EngineProcess.connect(address, wait_s=0.5)
     assert time.monotonic() - started < 5
