@@ -155,13 +155,14 @@ class EngineProcess:
         while True:
             try:
                 connection = Client(address, family="AF_UNIX", authkey=Path(key_path(address)).read_bytes())
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as error:
+                self._attach(connection, None)
+                return self
+            # Not there yet, a socket left by a server that is gone, or a server that stopped
+            # or started again (a new key) while this one connected.
+            except (OSError, EOFError, AuthenticationError) as error:
                 if time.monotonic() >= deadline:
                     raise EngineUnreachable(f"no engine server is listening at {address}") from error
                 time.sleep(0.2)
-        self._attach(connection, None)
-        return self
 
     def _attach(self, connection, tokenizer) -> None:
         """Wait until the engine behind `connection` is ready, then start receiving its events."""
@@ -175,8 +176,9 @@ class EngineProcess:
         try:
             message = connection.recv()
         except EOFError:
-            code = None if self._process is None else self._process.wait()
-            message = ("failed", RuntimeError(f"the engine process exited with code {code}"))
+            if self._process is None:
+                raise  # a server that went while this one connected: `connect` tries again
+            message = ("failed", RuntimeError(f"the engine process exited with code {self._process.wait()}"))
         if message[0] == "failed":
             if self._process is not None:
                 self._process.wait(SHUTDOWN_GRACE_S)
@@ -385,7 +387,10 @@ class EngineServer:
         worker's alone, and ends with it; otherwise its requests end as a shutdown ends them."""
         requests: dict = {}
         # Sent before the relay starts: from then on only the relay's thread writes.
-        connection.send(("ready", self.engine.context_length, self.engine.config, os.getpid()))
+        try:
+            connection.send(("ready", self.engine.context_length, self.engine.config, os.getpid()))
+        except OSError:  # gone already (a second server looking whether this one is alive)
+            return
         relay = _Relay(self.engine, connection, requests)
         with self._lock:
             self._relays.add(relay)
@@ -467,7 +472,9 @@ def serve(config: EngineConfig, address: str) -> None:
     engine = Engine.load(config)
     heap_freeze()
     authkey = secrets.token_bytes(32)
-    descriptor = os.open(key_path(address), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with contextlib.suppress(FileNotFoundError):  # a file of its own, made 0600, not one left by someone else
+        os.unlink(key_path(address))
+    descriptor = os.open(key_path(address), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "wb") as key_file:
         key_file.write(authkey)
     previous_umask = os.umask(0o077)  # the socket, too, for this user alone

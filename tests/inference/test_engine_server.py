@@ -149,8 +149,12 @@ def test_a_server_that_stops_ends_open_requests_and_workers_connect_to_the_next(
         assert (events[-1].status, events[-1].reason) == (RequestStatus.STOPPED, "shutdown")
         assert not worker.alive
         assert not os.path.exists(address) and not os.path.exists(key_path(address))
-        # The worker's next task connects to whatever serves the address now.
+        # The worker's next task connects to whatever serves the address now. A key file found
+        # there is replaced by one of the server's own, for its user alone.
+        Path(key_path(address)).write_bytes(b"left by someone")
+        os.chmod(key_path(address), 0o644)
         server = server_start(tiny_engine_config, address)
+        assert oct(os.stat(key_path(address)).st_mode & 0o777) == "0o600"
         engine_set(worker)
         fresh = engine_get(replace(tiny_engine_config, address=address))
         assert fresh is not worker and fresh.alive and fresh.pid == server.pid
