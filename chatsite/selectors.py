@@ -66,14 +66,31 @@ def stop_key(message_id: int) -> str:
     return f"chatsite:stop:{message_id}"
 
 
-def reply_stop_requested(*, message_id: int) -> bool:
-    """Whether a stop was asked for. While the cache (Redis) is unreachable, no stop can have
-    been asked for either (asking fails the same way), so the answer is no."""
+# Changed after every stop flag is set: a worker reads this one key to learn whether any
+# reply's flag may have been set since its last look, instead of reading every flag.
+STOPS_CHANGED_KEY = "chatsite:stops-changed"
+
+
+def stops_changed_mark() -> str | None:
+    """The mark of the last stop asked for anywhere (None: none, or the cache unreachable)."""
     try:
-        return bool(cache.get(stop_key(message_id)))
+        return cache.get(STOPS_CHANGED_KEY)
     except Exception as error:
-        logger.warning("could not read the stop flag of message %s: %r", message_id, error)
-        return False
+        logger.warning("could not read whether a stop was asked for: %r", error)
+        return None
+
+
+def replies_stop_requested(*, message_ids) -> set[int]:
+    """Those of `message_ids` whose stop was asked for, in one trip to the cache. While the
+    cache (Redis) is unreachable, no stop can have been asked for either (asking fails the
+    same way), so the answer is none."""
+    keys = {stop_key(message_id): message_id for message_id in message_ids}
+    try:
+        found = cache.get_many(list(keys))
+    except Exception as error:
+        logger.warning("could not read the stop flags of %d replies: %r", len(keys), error)
+        return set()
+    return {keys[key] for key, value in found.items() if value}
 
 
 def replies_ended(*, message_ids) -> list[Message]:

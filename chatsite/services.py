@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 
 from django.core.cache import cache
@@ -14,7 +15,7 @@ from billing.quota import QuotaExceeded, QuotaStatus, quota_consume, quota_consu
 from chatsite.celery import app as celery_app
 from chatsite.leases import pending_lease_expiry
 from chatsite.models import Conversation, Feedback, Message
-from chatsite.selectors import stop_key
+from chatsite.selectors import STOPS_CHANGED_KEY, stop_key
 
 TITLE_CHARS = 60
 GENERATE_REPLY_TASK = "chatsite.tasks.generate_reply"  # sent by name: web processes need no torch
@@ -331,6 +332,7 @@ def reply_stop(*, user, message_id: int) -> StopOutcome:
     if owned.filter(status=Message.Status.STREAMING).exists():
         try:
             cache.set(stop_key(message_id), True, STOP_KEY_TTL_S)
+            cache.set(STOPS_CHANGED_KEY, secrets.token_hex(8), None)  # after the flag: see stops_changed_mark
         except Exception as error:  # the cache is Redis in the distributed mode
             raise ServiceUnavailable(str(error)) from error
         return StopOutcome.STOPPING

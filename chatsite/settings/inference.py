@@ -30,7 +30,7 @@ CHAT_STREAM_INTERVAL_S = env_float("CHAT_STREAM_INTERVAL_S", 0.1)  # shortest ga
 # further apart and carry more tokens (0: no limit). Each frame costs the server the same CPU
 # whatever it carries, and on a busy worker that CPU is taken from the model.
 CHAT_STREAM_FRAMES_PER_S = env_float("CHAT_STREAM_FRAMES_PER_S", 100.0)
-CHAT_STOP_POLL_S = 0.05  # how often a generating task looks for a stop request
+CHAT_STOP_POLL_S = 0.05  # how often a worker process looks for stop requests of the replies it streams
 CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming
 # A worker holds a lease on each reply it generates, renewed at every save; a reply whose
 # lease lapses (its worker died) is sent to the queue again by the sweeper of any worker and

@@ -73,6 +73,30 @@ def test_a_reply_running_past_the_timeout_is_stopped_keeping_its_text(make_user,
     assert reply.content and 0 < reply.completion_tokens < 100  # 20 ms a token, 512 allowed
 
 
+@pytest.mark.django_db(transaction=True)  # the task runs on a thread, with a connection of its own
+def test_a_stop_is_heard_at_once_between_frames(make_user, slow_engine, settings, monkeypatch):
+    """Frames 60 s apart (as when many replies share the frame budget): the stop still ends
+    the answer within moments, not at its next frame, which here is after its last token."""
+    import threading
+
+    from chatsite import generation, services
+
+    settings.CHAT_STREAM_INTERVAL_S = 60.0
+    first_text = threading.Event()
+    monkeypatch.setattr(generation.publisher, "publish_token", lambda message_id, **_: first_text.set())
+    user = make_user()
+    _, reply, _ = message_send(user=user, plan=plan_get(FREE), conversation_id=None, content="Hello")
+    Message.objects.filter(id=reply.id).update(sampling={"ignore_eos": True})  # 512 tokens at 20 ms: 10 s
+    task = threading.Thread(target=reply_generate, kwargs={"message_id": reply.id})
+    task.start()
+    assert first_text.wait(30)
+    assert services.reply_stop(user=user, message_id=reply.id) is services.StopOutcome.STOPPING
+    task.join(60)
+    reply.refresh_from_db()
+    assert (reply.status, reply.finish_reason) == ("stopped", "stop")
+    assert 0 < reply.completion_tokens < 200
+
+
 def test_a_finished_generation_leaves_a_usage_record(make_user):
     from billing.models import UsageRecord
 
@@ -245,3 +269,32 @@ def test_a_reply_whose_engine_server_is_not_there_waits_in_the_queue(make_user, 
     for reply in (first, second):
         reply.refresh_from_db()
         assert (reply.status, reply.attempts, reply.lease_owner, reply.content) == ("pending", 0, "", "")
+
+
+def test_the_stop_watcher_reads_new_replies_flags_and_all_flags_after_a_stop_anywhere():
+    from django.core.cache import cache
+
+    from chatsite.generation import _Streams
+    from chatsite.selectors import STOPS_CHANGED_KEY, stop_key
+
+    class Request:
+        def __init__(self) -> None:
+            self.cancels = []
+
+        def cancel(self, reason: str) -> None:
+            self.cancels.append(reason)
+
+    streams, early, running = _Streams(), Request(), Request()
+    cache.set(stop_key(9001), True)  # asked before the reply began streaming here (a takeover)
+    with streams.streaming(9001, early), streams.streaming(9002, running):
+        streams.stops_apply()
+        assert (early.cancels, running.cancels) == (["stop"], [])
+        cache.set(stop_key(9002), True)
+        streams.stops_apply()
+        assert running.cancels == []  # nothing says a stop was asked for: the flags are not read
+        cache.set(STOPS_CHANGED_KEY, object().__repr__())  # a new mark, as services.reply_stop sets after the flag
+        streams.stops_apply()
+        streams.stops_apply()
+        assert (early.cancels, running.cancels) == (["stop"], ["stop"])  # each told once
+    assert streams.count == 0
+    cache.delete_many([stop_key(9001), stop_key(9002)])

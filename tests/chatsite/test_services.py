@@ -3,7 +3,7 @@ import pytest
 from billing.plans import FREE, plan_get
 from chatsite import services
 from chatsite.models import Conversation, Message
-from chatsite.selectors import reply_stop_requested
+from chatsite.selectors import replies_stop_requested
 from tests.chatsite.factories import conversation_with_reply
 
 pytestmark = pytest.mark.django_db
@@ -53,13 +53,13 @@ def test_stopping_a_streaming_reply_signals_the_worker(make_user):
     user = make_user()
     _, _, reply = conversation_with_reply(user, status=Message.Status.STREAMING)
     assert services.reply_stop(user=user, message_id=reply.id) is services.StopOutcome.STOPPING
-    assert reply_stop_requested(message_id=reply.id)
+    assert replies_stop_requested(message_ids=[reply.id, reply.id + 1]) == {reply.id}
 
 
 def test_nobody_can_stop_someone_elses_reply(make_user):
     _, _, reply = conversation_with_reply(make_user(), status=Message.Status.STREAMING)
     assert services.reply_stop(user=make_user(), message_id=reply.id) is services.StopOutcome.NOTHING
-    assert not reply_stop_requested(message_id=reply.id)
+    assert replies_stop_requested(message_ids=[reply.id]) == set()
 
 
 @pytest.mark.parametrize(("plan_code", "queue", "priority"), [("free", "free", 0), ("plus", "plus", 10)])
