@@ -39,7 +39,7 @@ migrate: setup
 
 run: migrate
 	@echo "chatsite on http://$(HOST):$(PORT)/  (Ctrl-C stops it)"
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	$(BIN)/python -m chatsite.serve -b $(HOST) -p $(PORT)
 
 # A separate inference worker, for the distributed mode (REDIS_URL set).
 worker: setup

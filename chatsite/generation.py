@@ -238,6 +238,8 @@ class _Streams:
 
     def stops_apply(self) -> None:
         """Cancel every streaming reply whose stop was asked for since the last look."""
+        if not self._requests:
+            return  # an idle worker does not read the cache 20 times a second
         mark = stops_changed_mark()  # read before the flags: a flag set before it changed is seen below
         with self._lock:
             everything = mark != self._mark

@@ -19,6 +19,11 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 REDIS_URL = env_str("REDIS_URL")  # set → Redis broker, channel layer and cache (distributed mode)
 DATABASE_URL = env_str("DATABASE_URL")  # set → that database (PostgreSQL in distributed mode)
 DEBUG = env_bool("DJANGO_DEBUG", False)
+# Daphne processes `python -m chatsite.serve` (`make run`) starts on one port; more than one
+# needs the distributed mode (chatsite/serve.py).
+CHAT_WEB_PROCESSES = env_int("CHAT_WEB_PROCESSES", 1)
+if CHAT_WEB_PROCESSES < 1:
+    raise ImproperlyConfigured("CHAT_WEB_PROCESSES must be at least 1")
 
 
 def _secret_key() -> str:

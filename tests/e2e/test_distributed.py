@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -21,6 +22,7 @@ from tests.e2e.servers import (
     celery_worker,
     chat,
     create_api_key,
+    free_port,
     manage,
     receive_frame,
     require_service,
@@ -310,7 +312,8 @@ def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, 
                            "max_tokens": 200, "ignore_eos": True} for n in range(8)]
                 return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for body in bodies))
 
-        answers = [response.json() for response in asyncio.run(calls())]
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # a loop of its own, whatever runs on this thread
+            answers = [response.json() for response in pool.submit(asyncio.run, calls()).result(timeout=180)]
         assert all(answer["choices"][0]["finish_reason"] == "length" and answer["choices"][0]["message"]["content"]
                    for answer in answers), answers
         # Four task threads each: eight calls at once keep both workers busy.
@@ -322,6 +325,37 @@ def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, 
         for process in reversed(processes.values()):
             process.stop()
         redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_several_web_processes_serve_one_port_and_stop_together(tmp_path, tiny_model_dir, database_url):
+    """`python -m chatsite.serve` with CHAT_WEB_PROCESSES=2: two Daphne processes accept on
+    one socket, each able to serve alone; one that dies takes the others down with it (and
+    the launcher exits non-zero, for its supervisor to restart the whole)."""
+    import os
+    import signal
+
+    env = own_env(tmp_path, tiny_model_dir, database_url, "redis://127.0.0.1:6379/14", CHAT_WEB_PROCESSES="2")
+    port = free_port()
+    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
+                       env, tmp_path)
+    try:
+        launcher.wait_for_log(r"2 web processes on 127\.0\.0\.1")
+        children = [int(pid) for pid in
+                    Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
+        assert len(children) == 2
+        for paused in children:
+            os.kill(paused, signal.SIGSTOP)  # only the other one can accept now
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/accounts/login/", timeout=30)
+                assert response.status_code == 200 and "csrfmiddlewaretoken" in response.text
+            finally:
+                os.kill(paused, signal.SIGCONT)
+        os.kill(children[0], signal.SIGKILL)
+        assert launcher.popen.wait(60) != 0
+        assert not Path(f"/proc/{children[1]}").exists()  # stopped and reaped by the launcher
+    finally:
+        launcher.stop()
+        redis.Redis.from_url("redis://127.0.0.1:6379/14").flushdb()
 
 
 def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
