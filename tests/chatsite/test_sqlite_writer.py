@@ -75,3 +75,30 @@ def test_reads_do_not_wait_for_a_writer():
         reader, outcome = _in_thread(users.count)
         reader.join(30)
         assert outcome == [1]  # the committed row, not the open transaction's
+
+
+def test_with_several_web_processes_a_write_waits_for_another_processes(settings, tmp_path):
+    """The web processes of one machine take turns on a file lock beside the database."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from chatsite.sqlite.base import _process_lock
+
+    settings.CHAT_WEB_PROCESSES, settings.DATA_DIR = 2, tmp_path
+    _process_lock.cache_clear()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT);"
+         " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.0)",
+         str(tmp_path / "sqlite-writer.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        get_user_model().objects.create(username="after-the-other-process")
+        assert time.monotonic() - started > 0.5  # it waited for the other process's turn
+        assert not _writer.locked()
+    finally:
+        holder.wait()
+        os.close(_process_lock())
+        _process_lock.cache_clear()
