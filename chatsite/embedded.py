@@ -7,25 +7,39 @@ connects but never receives a task (shared/notes/embedded-worker.md).
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 import sys
 import threading
 import time
 
 from celery.worker import WorkController
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
 from chatsite import leases, publisher, worker_stats
 from chatsite.celery import app as celery_app
+from chatsite.peers import peers_configured
 from inference.worker import engine_shutdown
 
 logger = logging.getLogger(__name__)
 
-HOSTNAME = "embedded@chatsite"
 _worker_thread: threading.Thread | None = None
 _process_started_at = timezone.now()
 _lock = threading.Lock()
+
+
+def _hostname() -> str:
+    return f"embedded-{settings.CHATSITE_WEB_INDEX}@chatsite" if settings.CHAT_WEB_PROCESSES > 1 else "embedded@chatsite"
+
+
+def _started_at():
+    """When this server started: with several web processes, when chatsite.serve started them
+    all, so that one started again alone does not take the others' replies for abandoned."""
+    if settings.CHATSITE_STARTED_AT:
+        return datetime.datetime.fromtimestamp(settings.CHATSITE_STARTED_AT, tz=datetime.UTC)
+    return _process_started_at
 
 
 def embedded_worker_ensure() -> None:
@@ -43,6 +57,8 @@ def embedded_worker_ensure() -> None:
     with _lock:
         if _worker_thread is not None:
             return
+        if peers_configured():
+            asyncio.get_running_loop().create_task(get_channel_layer().listen())
         # Built and run in its own thread: building it sends worker_init, whose handlers
         # (Celery's Django fix-up, our model preload) must not run on the server's loop.
         _worker_thread = threading.Thread(target=_run_worker, name="embedded-celery-worker", daemon=True)
@@ -52,14 +68,14 @@ def embedded_worker_ensure() -> None:
 def _run_worker() -> None:
     # Replies a previous run of this server left unfinished are sent to the queue again at
     # once (their worker was this process) and continued from their saved text.
-    leases.sweeper_start(before=_process_started_at)
-    worker_stats.heartbeat_start(HOSTNAME)
-    if settings.USAGE_ROLLUP_INTERVAL_S > 0:
+    leases.sweeper_start(before=_started_at())
+    worker_stats.heartbeat_start(_hostname())
+    if settings.USAGE_ROLLUP_INTERVAL_S > 0 and settings.CHATSITE_WEB_INDEX == 0:  # one process adds up for all
         threading.Thread(target=_roll_up_for_ever, name="usage-roll-up", daemon=True).start()
     _on_server_shutdown(_stop_generating)
     worker = WorkController(
         app=celery_app,
-        hostname=HOSTNAME,
+        hostname=_hostname(),
         queues=[settings.CHAT_QUEUE_PLUS, settings.CHAT_QUEUE_FREE],
         pool="threads",
         concurrency=settings.CELERY_WORKER_CONCURRENCY,

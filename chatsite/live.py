@@ -4,7 +4,8 @@ what a page that opens or reconnects mid-answer is sent before the live frames.
 The database has the text only as of the last save (every 2 s); the frames sent since would be
 missing. So each piece a worker publishes is also kept here, with its character offset in the
 reply: a list per reply in Redis (the distributed mode), or in this process's memory (the
-embedded mode, where the worker is this process). A reply taken over by another worker starts
+embedded mode, where the worker is this process; with several web processes each keeps every
+reply's pieces from the frames the others send it, chatsite/peers.py). A reply taken over by another worker starts
 again from its saved text, so a piece's offset may go back: reading applies the pieces in
 order, each cutting the text at its offset.
 """
@@ -25,6 +26,7 @@ TTL_S = 3600  # a reply's pieces outlive a worker that died without clearing the
 def live_reset(message_id: int, content: str) -> None:
     """A worker starts (or resumes) the reply from `content`."""
     _best_effort(_store().reset, message_id, content)
+    _tell_other_processes(message_id, {"type": "live.reset", "content": content})
 
 
 def live_append(message_id: int, offset: int, text: str) -> None:
@@ -41,6 +43,32 @@ def live_text(message_id: int) -> str:
 
 def live_clear(message_id: int) -> None:
     _best_effort(_store().clear, message_id)
+    _tell_other_processes(message_id, {"type": "live.clear"})
+
+
+def _tell_other_processes(message_id: int, payload: dict) -> None:
+    """The other embedded web processes keep their own store: the reset or clear goes to them
+    through the publisher, in order with the reply's frames (chatsite/peers.py)."""
+    from chatsite.peers import LIVE_GROUP_PREFIX, peers_configured
+
+    if peers_configured():
+        from chatsite import publisher
+
+        publisher.publish(f"{LIVE_GROUP_PREFIX}{message_id}", payload)
+
+
+def live_apply(messages: list[tuple[str, dict]]) -> None:
+    """What another web process sent: its token frames, resets and clears, into this
+    process's store."""
+    store = _store()
+    for group, message in messages:
+        kind = message.get("type")
+        if kind == "gen.token":
+            store.append(int(group.split(".", 1)[1]), message["offset"], message["text"])
+        elif kind == "live.reset":
+            store.reset(int(group.split(".", 1)[1]), message["content"])
+        elif kind == "live.clear":
+            store.clear(int(group.split(".", 1)[1]))
 
 
 def _best_effort(write, *args) -> None:

@@ -9,9 +9,11 @@ connection to one of them. It watches them: SIGTERM or SIGINT is passed on to al
 exits the others are stopped and this one exits with its code (a supervisor such as systemd
 then restarts the whole). With 1 (the default) it simply becomes Daphne.
 
-More than one needs what the processes share to live outside them: the distributed mode's
-Redis (channel layer, cache) and PostgreSQL. The embedded mode keeps its broker, channel
-layer, cache and live text in the one process's memory, so it refuses.
+In the distributed mode the processes share Redis and PostgreSQL as any web processes do. In
+the embedded mode each runs its own worker on its own memory broker, and this process first
+starts the one engine they all feed (`manage.py engine_server`, unless CHAT_ENGINE_ADDRESS
+names one); they share SQLite (writers take turns on a file lock), a cache in files, and the
+frames of every reply (chatsite/peers.py).
 """
 from __future__ import annotations
 
@@ -35,44 +37,44 @@ def daphne_path() -> str:
     return str(Path(sys.executable).with_name("daphne"))
 
 
-def processes_wanted() -> int:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
-    from django.conf import settings
-
-    count = settings.CHAT_WEB_PROCESSES
-    if count > 1 and settings.CHATSITE_EMBEDDED_WORKER:
-        raise SystemExit(
-            f"CHAT_WEB_PROCESSES={count} needs the distributed mode (REDIS_URL and DATABASE_URL set): the embedded "
-            "mode keeps its broker, channel layer and cache in one process's memory."
-        )
-    return count
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-b", "--bind", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, default=8000)
     args, daphne_options = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s chatsite.serve %(levelname)s: %(message)s")
-    count = processes_wanted()
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
+    from django.conf import settings
+
+    count = settings.CHAT_WEB_PROCESSES
     if count == 1:
         command = [daphne_path(), "-b", args.bind, "-p", str(args.port), *daphne_options, APPLICATION]
         os.execv(command[0], command)
+    environment = {**os.environ, "CHATSITE_STARTED_AT": repr(time.time())}
+    helpers = []
+    if settings.CHATSITE_EMBEDDED_WORKER and not settings.INFERENCE_ENGINE["address"]:
+        address = str(settings.DATA_DIR / "engine.sock")
+        # In a session of its own: Ctrl-C reaches the web processes, which hand their replies
+        # back, and the engine stops after them.
+        helpers.append(subprocess.Popen([sys.executable, "manage.py", "engine_server", "--address", address],
+                                        cwd=Path(__file__).resolve().parent.parent, start_new_session=True))
+        environment["CHAT_ENGINE_ADDRESS"] = address
     listening = socket.create_server((args.bind, args.port), backlog=2048,
                                      family=socket.AF_INET6 if ":" in args.bind else socket.AF_INET)
     children = [
         subprocess.Popen([daphne_path(), "--fd", str(listening.fileno()), *daphne_options, APPLICATION],
-                         pass_fds=[listening.fileno()])
-        for _ in range(count)
+                         pass_fds=[listening.fileno()], env={**environment, "CHATSITE_WEB_INDEX": str(index)})
+        for index in range(count)
     ]
     listening.close()  # the children hold it
     logger.info("%d web processes on %s:%d (%s)", count, args.bind, args.port, ", ".join(str(c.pid) for c in children))
-    return supervise(children)
+    return supervise(children, helpers)
 
 
-def supervise(children: list[subprocess.Popen]) -> int:
-    """Pass SIGTERM and SIGINT on; when any child exits, stop the rest. The exit code: the
-    first child's to exit, 0 if it was asked to stop."""
+def supervise(children: list[subprocess.Popen], helpers: list[subprocess.Popen]) -> int:
+    """Pass SIGTERM and SIGINT on; when any child or helper exits, stop the rest, the web
+    processes first (they hand their replies back), then the helpers. The exit code: the
+    first one's to exit, 0 if it was asked to stop."""
     stopping = False
 
     def stop(signum, frame):
@@ -85,21 +87,24 @@ def supervise(children: list[subprocess.Popen]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     while True:
-        ended = [child for child in children if child.poll() is not None]
+        ended = [process for process in (*children, *helpers) if process.poll() is not None]
         if ended:
             break
         time.sleep(0.2)
     code = 0 if stopping else (ended[0].returncode or 1)
     if not stopping:
-        logger.error("web process %d exited with %s; stopping the others", ended[0].pid, ended[0].returncode)
-    stop(None, None)
-    deadline = time.monotonic() + STOP_GRACE_S
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        logger.error("process %d exited with %s; stopping the others", ended[0].pid, ended[0].returncode)
+    for group in (children, helpers):
+        for process in group:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for process in group:
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
     return code
 
 

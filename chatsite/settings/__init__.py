@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from chatsite.settings.env import env_bool, env_int, env_list, env_str
+from chatsite.settings.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 DATA_DIR = Path(env_str("CHATSITE_DATA_DIR", str(BASE_DIR / ".data")))
@@ -19,11 +19,13 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 REDIS_URL = env_str("REDIS_URL")  # set → Redis broker, channel layer and cache (distributed mode)
 DATABASE_URL = env_str("DATABASE_URL")  # set → that database (PostgreSQL in distributed mode)
 DEBUG = env_bool("DJANGO_DEBUG", False)
-# Daphne processes `python -m chatsite.serve` (`make run`) starts on one port; more than one
-# needs the distributed mode (chatsite/serve.py).
+# Daphne processes `python -m chatsite.serve` (`make run`) starts on one port (chatsite/serve.py),
+# and which of them this one is (set by chatsite.serve).
 CHAT_WEB_PROCESSES = env_int("CHAT_WEB_PROCESSES", 1)
 if CHAT_WEB_PROCESSES < 1:
     raise ImproperlyConfigured("CHAT_WEB_PROCESSES must be at least 1")
+CHATSITE_WEB_INDEX = env_int("CHATSITE_WEB_INDEX", 0)
+CHATSITE_STARTED_AT = env_float("CHATSITE_STARTED_AT", 0.0)  # when chatsite.serve started them all (Unix time)
 
 
 def _secret_key() -> str:
@@ -127,6 +129,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+elif CHAT_WEB_PROCESSES > 1:  # the embedded mode over several processes: one cache they all read
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+                          "LOCATION": str(DATA_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 

@@ -1,5 +1,6 @@
-"""Channel layer: Redis across processes when REDIS_URL is set, else in memory (one process)."""
-from chatsite.settings.env import env_str
+"""Channel layer: Redis across processes when REDIS_URL is set, else in memory (one process),
+relayed between the embedded mode's web processes where there are several (chatsite/peers.py)."""
+from chatsite.settings.env import env_int, env_str
 
 _redis_url = env_str("REDIS_URL")
 
@@ -24,6 +25,8 @@ if _redis_url:
             },
         }
     }
+elif env_int("CHAT_WEB_PROCESSES", 1) > 1:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "chatsite.peers.PeerChannelLayer"}}
 else:
     # Channels' in-memory layer, with less CPU per message (chatsite/layers.py).
     CHANNEL_LAYERS = {"default": {"BACKEND": "chatsite.layers.InMemoryChannelLayer"}}

@@ -36,13 +36,3 @@ def test_pages_of_a_logged_in_user_are_not_cached(client, make_user):
     created = client.post("/account/api-keys/", {"name": "secret"})
     assert created["Cache-Control"] == "no-store" and "cs-" in created.content.decode()
 
-
-def test_several_web_processes_are_refused_in_the_embedded_mode(tmp_path):
-    """Their broker, channel layer and cache would be each process's own: a reply queued in
-    one would never reach a socket held by another."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("DATABASE_URL", "REDIS_URL", "CELERY_"))}
-    env.update(CHATSITE_DATA_DIR=str(tmp_path), CHAT_WEB_PROCESSES="2")
-    result = subprocess.run([sys.executable, "-m", "chatsite.serve", "-p", "1"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode != 0
-    assert "CHAT_WEB_PROCESSES=2 needs the distributed mode" in result.stderr

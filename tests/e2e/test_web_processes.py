@@ -1,0 +1,105 @@
+"""The embedded mode over two web processes (`python -m chatsite.serve`, CHAT_WEB_PROCESSES=2):
+one engine server, two Daphne processes each with its own worker, SQLite and a file cache
+shared. A reply asked for on one process is followed live from a socket the other holds."""
+import asyncio
+import concurrent.futures
+import json
+import os
+import signal
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.e2e.servers import BIN, Process, create_api_key, free_port, manage, receive_frame, server_env, sign_up
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("web-processes")
+    env = server_env(CHATSITE_DATA_DIR=str(folder), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
+                     CHAT_WEB_PROCESSES="2", CHAT_MODEL_TITLES="0", FREE_MAX_OUTPUT_TOKENS="2000",
+                     FREE_MESSAGES_PER_WINDOW="1000")
+    manage(env, "migrate", "--noinput")
+    port = free_port()
+    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
+                       env, folder)
+    launcher.wait_for_log(r"2 web processes on")
+    url = f"http://127.0.0.1:{port}"
+    children = [int(pid) for pid in Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
+    web = [pid for pid in children if "daphne" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(web) == 2, children
+    yield url, web, folder, launcher
+    launcher.stop()
+
+
+def reply_row(folder: Path, message_id: int) -> tuple[str, str]:
+    with sqlite3.connect(folder / "db.sqlite3") as connection:
+        return connection.execute("SELECT status, content FROM chatsite_message WHERE id = ?", [message_id]).fetchone()
+
+
+def test_api_calls_are_answered_and_both_workers_feed_one_engine(two_processes):
+    url, _, _, launcher = two_processes
+    key = create_api_key(sign_up(url, "processes-api"))
+
+    async def calls():
+        async with httpx.AsyncClient(base_url=url, timeout=120, headers={"Authorization": f"Bearer {key}"}) as client:
+            model = (await client.get("/v1/models")).json()["data"][0]["id"]
+            bodies = [{"model": model, "messages": [{"role": "user", "content": f"hello {n}"}], "max_tokens": 16}
+                      for n in range(12)]
+            return await asyncio.gather(*(client.post("/v1/chat/completions", json=body) for body in bodies))
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        answers = [response.json() for response in pool.submit(asyncio.run, calls()).result(timeout=180)]
+    assert all(answer["choices"][0]["message"]["content"] for answer in answers), answers
+    log = launcher.log()
+    assert log.count("worker 1 connected") == 1 and "worker 2 connected" in log  # both workers, one engine
+
+
+def test_a_reply_is_followed_live_from_the_other_process(two_processes):
+    """SIGSTOP decides which process accepts: the message is sent through one, the page that
+    reopens is held by the other, and it gets the text so far and the rest as it streams."""
+    import websockets
+
+    url, (first, second), folder, _ = two_processes
+    cookie = sign_up(url, "processes-chat").cookie
+    headers = {"Cookie": cookie, "Origin": url}
+    socket_url = url.replace("http://", "ws://") + "/ws/chat/"
+
+    async def run():
+        os.kill(second, signal.SIGSTOP)
+        try:
+            sender = await websockets.connect(socket_url, additional_headers=headers)
+            await sender.send(json.dumps({"type": "send", "conversation": None, "content": "Tell me a long story"}))
+            created = await receive_frame(sender, 30)
+            assert created["type"] == "message.created", created
+            first_token = await receive_frame(sender, 30)
+            assert first_token["type"] == "token", first_token
+        finally:
+            os.kill(second, signal.SIGCONT)
+        os.kill(first, signal.SIGSTOP)  # the generating process pauses for the handshake only
+        try:
+            watcher = await websockets.connect(socket_url, additional_headers=headers)
+        finally:
+            os.kill(first, signal.SIGCONT)
+        message_id, conversation_id = created["message"]["id"], created["conversation"]["id"]
+        await watcher.send(json.dumps({"type": "watch", "conversation": conversation_id, "message": message_id, "offset": 0}))
+        frames = [await receive_frame(watcher, 60)]
+        while frames[-1]["type"] not in ("done", "error"):
+            frames.append(await receive_frame(watcher, 60))
+        await sender.close()
+        await watcher.close()
+        return message_id, frames
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        message_id, frames = pool.submit(asyncio.run, run()).result(timeout=240)
+    tokens, done = frames[:-1], frames[-1]
+    assert done["type"] == "done" and done["status"] == "done", done
+    text = ""
+    for frame in tokens:
+        assert frame["type"] == "token" and frame["offset"] <= len(text), frame  # nothing missed
+        text = text[:frame["offset"]] + frame["text"]
+    status, content = reply_row(folder, message_id)
+    assert status == "done" and text == content and content
+    assert len(tokens) >= 2  # the text so far, then frames relayed live from the other process
