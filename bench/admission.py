@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="bursts per N; the median burst is shown")
     parser.add_argument("--distributed", action="store_true")
     parser.add_argument("--workers", type=int, default=1, help="distributed: worker processes, more than one fed by one engine server")
+    parser.add_argument("--web-processes", type=int, default=1, help="Daphne processes (python -m chatsite.serve)")
     parser.add_argument("--new-tokens", type=int, default=1, help="tokens per answer (64: bench.gpu's end-to-end burst)")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value", help="server settings")
     parser.add_argument("--checkout", type=Path, default=ROOT, help="the source tree the server runs (a `git worktree`)")
@@ -38,7 +39,8 @@ def main() -> None:
         model = build_tiny_model(Path(folder))
         settings = {"CHAT_MODEL": str(model), "CHAT_DTYPE": "fp32", "CHAT_MAX_RUNNING": str(max(args.streams))}
         settings.update(item.split("=", 1) for item in args.set)
-        bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout, workers=args.workers)
+        bench = HttpBench(settings=settings, distributed=args.distributed, checkout=args.checkout, workers=args.workers,
+                          web_processes=args.web_processes)
         try:
             bench.run(max(args.streams), new_tokens=1)  # warm-up: connections, task threads
             print(f"{'mode':<12}{'N':>5}{'opened':>9}{'p50 s':>9}{'p90 s':>9}{'max s':>9}{'tok/s':>9}{'cpu s':>7}", flush=True)

@@ -76,10 +76,12 @@ class HttpBench:
     2-core machine (the tests use it)."""
 
     def __init__(self, port: int = PORT, settings: dict[str, str] | None = None, distributed: bool = False,
-                 checkout: Path = ROOT, workers: int = 1) -> None:
+                 checkout: Path = ROOT, workers: int = 1, web_processes: int = 1) -> None:
         """`settings`: environment variables for the server, over the defaults below.
         `distributed`: a fresh PostgreSQL database, Redis, and a worker process of its own;
         `workers` > 1: that many worker processes, fed by one engine server (`manage.py engine_server`).
+        `web_processes` > 1: that many Daphne processes through `python -m chatsite.serve`
+        (embedded: each with its worker, and the engine server it starts).
         `checkout`: the source tree the server runs (e.g. a `git worktree` of an older commit),
         with this virtual environment."""
         self._data = tempfile.TemporaryDirectory()
@@ -105,11 +107,19 @@ class HttpBench:
         ).stdout
         key = re.search(r"cs-[\w-]+", created).group(0)
         self._log = open(Path(self._data.name) / "daphne.log", "w")  # noqa: SIM115 - closed in close()
-        self._server = subprocess.Popen(
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
-            cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
         self._workers: list[subprocess.Popen] = []
+        self._web_pids: list[int] = []  # the launcher's children, where there are several web processes
+        if web_processes > 1:
+            env["CHAT_WEB_PROCESSES"] = str(web_processes)
+            self._server = subprocess.Popen(
+                [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
+                cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            )
+        else:
+            self._server = subprocess.Popen(
+                [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+                cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            )
         if distributed and workers > 1:
             env["CHAT_ENGINE_ADDRESS"] = str(Path(self._data.name) / "engine.sock")
             self._workers.append(subprocess.Popen([*manage, "engine_server"], cwd=checkout, env=env,
@@ -185,12 +195,18 @@ class HttpBench:
         threads), `rest_cpu_s` in all the others (the web, the database, the tasks). In the
         distributed mode only the web process is counted there, and `worker_cpu_s` holds the
         CPU seconds of each worker process with its engine process (the engine server's last,
-        where there is one)."""
+        where there is one); with several web processes, `worker_cpu_s` holds each one's and
+        the engine server's (last)."""
         async def wave():
             started = time.perf_counter()
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
+        if self._server.args[0] != str(BIN / "daphne") and not self._web_pids:
+            children = [int(pid) for pid in Path(f"/proc/{self._server.pid}/task/{self._server.pid}/children").read_text().split()]
+            # the Daphne processes first, the engine server last
+            self._web_pids = sorted(children, key=lambda pid: b"engine_server" in Path(f"/proc/{pid}/cmdline").read_bytes())
+        web_before = [tree_cpu_s(pid) for pid in self._web_pids]
         before = thread_cpu_s(self._server.pid)
         workers_before = [tree_cpu_s(worker.pid) for worker in self._workers]
         tok_s, answers = self._loop.run_until_complete(wave())
@@ -199,6 +215,8 @@ class HttpBench:
         workers_cpu = [tree_cpu_s(worker.pid) - used
                        for worker, used in zip(self._workers, workers_before, strict=True)]
         workers_cpu = workers_cpu[1:] + workers_cpu[:1] if len(workers_cpu) > 1 else workers_cpu
+        if self._web_pids:  # each web process (its worker with it), then the engine server
+            workers_cpu = [tree_cpu_s(pid) - used for pid, used in zip(self._web_pids, web_before, strict=True)]
         used = sorted((after[tid] - before.get(tid, 0.0) for tid in after), reverse=True)
         deciles = statistics.quantiles(ttfts, n=10) if len(ttfts) > 1 else ttfts * 9
         return {"tok_s": tok_s, "ttft_p50_s": statistics.median(ttfts), "ttft_p90_s": deciles[-1], "ttft_max_s": max(ttfts),

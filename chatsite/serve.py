@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +52,11 @@ def main(argv: list[str]) -> int:
         command = [daphne_path(), "-b", args.bind, "-p", str(args.port), *daphne_options, APPLICATION]
         os.execv(command[0], command)
     environment = {**os.environ, "CHATSITE_STARTED_AT": repr(time.time())}
+    if not environment.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every process's counts
+        metrics = settings.DATA_DIR / "metrics"
+        shutil.rmtree(metrics, ignore_errors=True)  # prometheus_client's rule: empty at start
+        metrics.mkdir()
+        environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics)
     helpers = []
     if settings.CHATSITE_EMBEDDED_WORKER and not settings.INFERENCE_ENGINE["address"]:
         address = str(settings.DATA_DIR / "engine.sock")
@@ -59,16 +65,24 @@ def main(argv: list[str]) -> int:
         helpers.append(subprocess.Popen([sys.executable, "manage.py", "engine_server", "--address", address],
                                         cwd=Path(__file__).resolve().parent.parent, start_new_session=True))
         environment["CHAT_ENGINE_ADDRESS"] = address
-    listening = socket.create_server((args.bind, args.port), backlog=2048,
-                                     family=socket.AF_INET6 if ":" in args.bind else socket.AF_INET)
-    children = [
-        subprocess.Popen([daphne_path(), "--fd", str(listening.fileno()), *daphne_options, APPLICATION],
-                         pass_fds=[listening.fileno()], env={**environment, "CHATSITE_WEB_INDEX": str(index)})
-        for index in range(count)
-    ]
-    listening.close()  # the children hold it
+    children = []
+    for index in range(count):
+        listening = listening_socket(args.bind, args.port)
+        children.append(subprocess.Popen(
+            [daphne_path(), "--fd", str(listening.fileno()), *daphne_options, APPLICATION],
+            pass_fds=[listening.fileno()], env={**environment, "CHATSITE_WEB_INDEX": str(index)},
+        ))
+        listening.close()  # the child holds it
     logger.info("%d web processes on %s:%d (%s)", count, args.bind, args.port, ", ".join(str(c.pid) for c in children))
     return supervise(children, helpers)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """One process's socket on the shared port (SO_REUSEPORT): the kernel spreads new
+    connections evenly over the processes' sockets. On one socket shared by all, the first
+    process to wake took most of a burst (Twisted accepts up to 100 connections a wake)."""
+    return socket.create_server((host, port), backlog=2048, reuse_port=True,
+                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def supervise(children: list[subprocess.Popen], helpers: list[subprocess.Popen]) -> int:

@@ -29,7 +29,9 @@ def two_processes(tmp_path_factory, tiny_model_dir):
     url = f"http://127.0.0.1:{port}"
     children = [int(pid) for pid in Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
     web = [pid for pid in children if "daphne" in Path(f"/proc/{pid}/cmdline").read_text()]
-    assert len(web) == 2, children
+    engine = [pid for pid in children if "engine_server" in Path(f"/proc/{pid}/cmdline").read_text()]
+    assert len(web) == 2 and len(engine) == 1, children
+    launcher.engine_pid = engine[0]
     yield url, web, folder, launcher
     launcher.stop()
 
@@ -57,10 +59,22 @@ def test_api_calls_are_answered_and_both_workers_feed_one_engine(two_processes):
     assert log.count("worker 1 connected") == 1 and "worker 2 connected" in log  # both workers, one engine
 
 
-def test_a_reply_is_followed_live_from_the_other_process(two_processes):
-    """SIGSTOP decides which process accepts: the message is sent through one, the page that
-    reopens is held by the other, and it gets the text so far and the rest as it streams."""
+async def connect_to_whoever_answers(url: str, headers: dict):
+    """A socket on new connections until one lands on a process that answers: each web process
+    has its own socket on the port, and the kernel picks one by the connection's address."""
     import websockets
+
+    for _ in range(30):
+        try:
+            return await websockets.connect(url, additional_headers=headers, open_timeout=2)
+        except TimeoutError:
+            continue
+    raise AssertionError(f"no answer from {url}")
+
+
+def test_a_reply_is_followed_live_from_the_other_process(two_processes):
+    """SIGSTOP decides which process answers: the message is sent through one, the page that
+    reopens is held by the other, and it gets the text so far and the rest as it streams."""
 
     url, (first, second), folder, _ = two_processes
     cookie = sign_up(url, "processes-chat").cookie
@@ -70,7 +84,7 @@ def test_a_reply_is_followed_live_from_the_other_process(two_processes):
     async def run():
         os.kill(second, signal.SIGSTOP)
         try:
-            sender = await websockets.connect(socket_url, additional_headers=headers)
+            sender = await connect_to_whoever_answers(socket_url, headers)
             await sender.send(json.dumps({"type": "send", "conversation": None, "content": "Tell me a long story"}))
             created = await receive_frame(sender, 30)
             assert created["type"] == "message.created", created
@@ -80,7 +94,7 @@ def test_a_reply_is_followed_live_from_the_other_process(two_processes):
             os.kill(second, signal.SIGCONT)
         os.kill(first, signal.SIGSTOP)  # the generating process pauses for the handshake only
         try:
-            watcher = await websockets.connect(socket_url, additional_headers=headers)
+            watcher = await connect_to_whoever_answers(socket_url, headers)
         finally:
             os.kill(first, signal.SIGCONT)
         message_id, conversation_id = created["message"]["id"], created["conversation"]["id"]
@@ -103,3 +117,43 @@ def test_a_reply_is_followed_live_from_the_other_process(two_processes):
     status, content = reply_row(folder, message_id)
     assert status == "done" and text == content and content
     assert len(tokens) >= 2  # the text so far, then frames relayed live from the other process
+
+
+def test_a_stop_asked_on_one_process_stops_the_reply_the_other_generates(two_processes):
+    """The engine is paused while the stop is asked for, so that the tiny model's answer cannot
+    end before it (it writes its whole answer in about a second)."""
+    url, (first, second), _, launcher = two_processes
+    cookie = sign_up(url, "processes-stop").cookie
+    headers = {"Cookie": cookie, "Origin": url}
+    socket_url = url.replace("http://", "ws://") + "/ws/chat/"
+
+    async def run():
+        os.kill(second, signal.SIGSTOP)
+        try:
+            sender = await connect_to_whoever_answers(socket_url, headers)
+            await sender.send(json.dumps({"type": "send", "conversation": None, "content": "Tell me another story"}))
+            created = await receive_frame(sender, 30)
+            assert (await receive_frame(sender, 30))["type"] == "token"
+            os.kill(launcher.engine_pid, signal.SIGSTOP)
+        finally:
+            os.kill(second, signal.SIGCONT)
+        try:
+            os.kill(first, signal.SIGSTOP)
+            try:
+                stopper = await connect_to_whoever_answers(socket_url, headers)
+            finally:
+                os.kill(first, signal.SIGCONT)
+            await stopper.send(json.dumps({"type": "stop", "message": created["message"]["id"]}))
+            await asyncio.sleep(1)  # the generating process hears of it and cancels (its message waits in the socket)
+        finally:
+            os.kill(launcher.engine_pid, signal.SIGCONT)
+        frames = [await receive_frame(sender, 60)]
+        while frames[-1]["type"] not in ("done", "error"):
+            frames.append(await receive_frame(sender, 60))
+        await sender.close()
+        await stopper.close()
+        return frames[-1]
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        done = pool.submit(asyncio.run, run()).result(timeout=240)
+    assert (done["type"], done["status"], done["finish_reason"]) == ("done", "stopped", "stop"), done
