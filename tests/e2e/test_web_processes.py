@@ -72,6 +72,26 @@ async def connect_to_whoever_answers(url: str, headers: dict):
     raise AssertionError(f"no answer from {url}")
 
 
+async def send_through(others: list[int], url: str, headers: dict, content: str, *, then=None):
+    """A message sent on a socket held by a process not in `others` (paused meanwhile): the
+    socket, and the `message.created` frame, after the answer's first token (and `then()`)."""
+    for other in others:
+        os.kill(other, signal.SIGSTOP)
+    try:
+        sender = await connect_to_whoever_answers(url, headers)
+        await sender.send(json.dumps({"type": "send", "conversation": None, "content": content}))
+        created = await receive_frame(sender, 30)
+        assert created["type"] == "message.created", created
+        first_token = await receive_frame(sender, 30)
+        assert first_token["type"] == "token", first_token
+        if then is not None:
+            then()
+    finally:
+        for other in others:
+            os.kill(other, signal.SIGCONT)
+    return sender, created
+
+
 def test_a_reply_is_followed_live_from_the_other_process(two_processes):
     """SIGSTOP decides which process answers: the message is sent through one, the page that
     reopens is held by the other, and it gets the text so far and the rest as it streams."""
@@ -82,16 +102,7 @@ def test_a_reply_is_followed_live_from_the_other_process(two_processes):
     socket_url = url.replace("http://", "ws://") + "/ws/chat/"
 
     async def run():
-        os.kill(second, signal.SIGSTOP)
-        try:
-            sender = await connect_to_whoever_answers(socket_url, headers)
-            await sender.send(json.dumps({"type": "send", "conversation": None, "content": "Tell me a long story"}))
-            created = await receive_frame(sender, 30)
-            assert created["type"] == "message.created", created
-            first_token = await receive_frame(sender, 30)
-            assert first_token["type"] == "token", first_token
-        finally:
-            os.kill(second, signal.SIGCONT)
+        sender, created = await send_through([second], socket_url, headers, "Tell me a long story")
         os.kill(first, signal.SIGSTOP)  # the generating process pauses for the handshake only
         try:
             watcher = await connect_to_whoever_answers(socket_url, headers)
@@ -128,15 +139,8 @@ def test_a_stop_asked_on_one_process_stops_the_reply_the_other_generates(two_pro
     socket_url = url.replace("http://", "ws://") + "/ws/chat/"
 
     async def run():
-        os.kill(second, signal.SIGSTOP)
-        try:
-            sender = await connect_to_whoever_answers(socket_url, headers)
-            await sender.send(json.dumps({"type": "send", "conversation": None, "content": "Tell me another story"}))
-            created = await receive_frame(sender, 30)
-            assert (await receive_frame(sender, 30))["type"] == "token"
-            os.kill(launcher.engine_pid, signal.SIGSTOP)
-        finally:
-            os.kill(second, signal.SIGCONT)
+        sender, created = await send_through([second], socket_url, headers, "Tell me another story",
+                                             then=lambda: os.kill(launcher.engine_pid, signal.SIGSTOP))
         try:
             os.kill(first, signal.SIGSTOP)
             try:
