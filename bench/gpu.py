@@ -7,8 +7,9 @@ model; 64 new tokens per request, end of sequence ignored. For each shape: the e
 token), transformers' plain `generate` one request at a time, its compiled static-cache
 `generate` (CUDA graphs) on batches of 1, 32 and 256, and, for the first shape, a Plus
 request's time to first token with 64 Free requests queued. `--e2e` adds the product in its
-embedded mode on the same GPU: `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients,
-against the engine alone in the same run. Writes bench/results/gpu.json (`--name`).
+embedded mode on the same GPU (`--web-processes`, default 4, Daphne processes in front of
+one engine server): `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients, against
+the engine alone in the same run. Writes bench/results/gpu.json (`--name`).
 
 The tokenizer is SmolLM2's: from the default model when it is installed, else `--tokenizer
 DIR` (a folder `--save-tokenizer DIR` wrote where it is installed; the GPU machine's image has
@@ -128,14 +129,16 @@ def load_engine(folder: Path) -> Engine:
                                     max_kv_tokens=max(LEVELS) * KV_PER_SEQUENCE))
 
 
-def e2e(folder: Path, engine_alone: dict) -> dict:
-    """The product in its embedded mode on this GPU (daphne, SQLite, the worker in a thread),
-    `/v1/` streamed by n clients, against the engine alone at the same n in this run."""
+def e2e(folder: Path, engine_alone: dict, web_processes: int) -> dict:
+    """The product in its embedded mode on this GPU (`python -m chatsite.serve`: the engine
+    server and `web_processes` Daphne processes, each with its worker; SQLite), `/v1/`
+    streamed by n clients, against the engine alone at the same n in this run."""
     from bench.http import HttpBench
 
     http = HttpBench(settings={"CHAT_MODEL": str(folder), "CHAT_DEVICE": DEVICE, "CHAT_RUNNER": "gpu",
                                "CHAT_MAX_RUNNING": str(max(LEVELS)),
-                               "CHAT_MAX_KV_TOKENS": str(max(LEVELS) * KV_PER_SEQUENCE)})
+                               "CHAT_MAX_KV_TOKENS": str(max(LEVELS) * KV_PER_SEQUENCE)},
+                     web_processes=web_processes)
     results = {}
     try:
         for n in E2E_LEVELS:
@@ -179,6 +182,7 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="", help="a folder holding SmolLM2's tokenizer")
     parser.add_argument("--save-tokenizer", default="", metavar="DIR", help="write SmolLM2's tokenizer to DIR and stop")
     parser.add_argument("--e2e", action="store_true", help="also the product end to end (embedded mode)")
+    parser.add_argument("--web-processes", type=int, default=4, help="--e2e: Daphne processes (CHAT_WEB_PROCESSES)")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' generate")
     parser.add_argument("--shapes", default="smollm2-135m,1.7b", help="which shapes, comma-separated")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape on the CPU, few requests: checks the script")
@@ -208,7 +212,8 @@ def main() -> None:
                 result["shape"] = shape
                 result.update(measured)
                 if args.e2e:
-                    result["e2e"] = e2e(folder, measured["engine"])
+                    result["e2e_web_processes"] = args.web_processes
+                    result["e2e"] = e2e(folder, measured["engine"], args.web_processes)
             else:
                 result.setdefault("shapes", {})[shape] = measured
     write_result(result, args.name)

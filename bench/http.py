@@ -21,7 +21,9 @@ import h11
 from bench.prompts import question
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+# This interpreter, so that the same runs where packages were installed with `pip --target`
+# and no console scripts are on the PATH (a lent GPU machine).
+PYTHON = sys.executable
 NEW_TOKENS = 64
 PORT = 8765
 # Twisted (under daphne) closes a keep-alive connection idle for 60 s; one kept longer than
@@ -97,7 +99,7 @@ class HttpBench:
 
             redis.Redis.from_url(REDIS).flushdb()
         env.update(settings or {})
-        manage = [str(BIN / "python"), "manage.py"]
+        manage = [PYTHON, "manage.py"]
         subprocess.run([*manage, "migrate", "-v0"], cwd=checkout, env=env, check=True)
         created = subprocess.run(
             [*manage, "shell", "-c",
@@ -112,12 +114,12 @@ class HttpBench:
         if web_processes > 1:
             env["CHAT_WEB_PROCESSES"] = str(web_processes)
             self._server = subprocess.Popen(
-                [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
+                [PYTHON, "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
                 cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             )
         else:
             self._server = subprocess.Popen(
-                [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
+                [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "chatsite.asgi:application"],
                 cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             )
         if distributed and workers > 1:
@@ -126,7 +128,7 @@ class HttpBench:
                                                   stdout=self._log, stderr=subprocess.STDOUT))
         for index in range(workers if distributed else 0):
             self._workers.append(subprocess.Popen(
-                [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING",
+                [PYTHON, "-m", "celery", "-A", "chatsite", "worker", "-Q", "plus,free", "--loglevel", "WARNING",
                  "-n", f"bench{index}@%h"],
                 cwd=checkout, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             ))
@@ -202,7 +204,7 @@ class HttpBench:
             answers = await asyncio.gather(*(self._one(self.model, i, new_tokens) for i in range(n)))
             return sum(answer[0] for answer in answers) / (time.perf_counter() - started), answers
 
-        if self._server.args[0] != str(BIN / "daphne") and not self._web_pids:
+        if "chatsite.serve" in self._server.args and not self._web_pids:
             children = [int(pid) for pid in Path(f"/proc/{self._server.pid}/task/{self._server.pid}/children").read_text().split()]
             # the Daphne processes first, the engine server last
             self._web_pids = sorted(children, key=lambda pid: b"engine_server" in Path(f"/proc/{pid}/cmdline").read_bytes())

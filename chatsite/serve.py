@@ -34,8 +34,9 @@ APPLICATION = "chatsite.asgi:application"
 STOP_GRACE_S = 30.0  # after SIGTERM, before a Daphne that has not exited is killed
 
 
-def daphne_path() -> str:
-    return str(Path(sys.executable).with_name("daphne"))
+# Daphne through this interpreter rather than its console script, which a `pip --target`
+# install (a lent GPU machine) does not put on the PATH.
+DAPHNE = (sys.executable, "-m", "daphne")
 
 
 def main(argv: list[str]) -> int:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
 
     count = settings.CHAT_WEB_PROCESSES
     if count == 1:
-        command = [daphne_path(), "-b", args.bind, "-p", str(args.port), *daphne_options, APPLICATION]
+        command = [*DAPHNE, "-b", args.bind, "-p", str(args.port), *daphne_options, APPLICATION]
         os.execv(command[0], command)
     environment = {**os.environ, "CHATSITE_STARTED_AT": repr(time.time())}
     if not environment.get("PROMETHEUS_MULTIPROC_DIR"):  # /metrics adds up every process's counts
@@ -69,7 +70,7 @@ def main(argv: list[str]) -> int:
     for index in range(count):
         listening = listening_socket(args.bind, args.port)
         children.append(subprocess.Popen(
-            [daphne_path(), "--fd", str(listening.fileno()), *daphne_options, APPLICATION],
+            [*DAPHNE, "--fd", str(listening.fileno()), *daphne_options, APPLICATION],
             pass_fds=[listening.fileno()], env={**environment, "CHATSITE_WEB_INDEX": str(index)},
         ))
         listening.close()  # the child holds it
