@@ -84,19 +84,24 @@ bench-console: setup-test
 
 # What a lent GPU machine (Python 3.12, torch and an older transformers, no package registry)
 # needs to run `python -m bench.gpu --e2e` and tests/inference/test_cuda.py: cp312 wheels of
-# this project's other dependencies and SmolLM2's tokenizer, in .gpu/ (about 40 MB; the run
-# carries it, then bench/gpu_device.sh installs and runs). Versions as this .venv has them.
+# this project's other dependencies and what they import (transformers' and huggingface_hub's
+# newer requirements included: the image's older transformers did not need them) and SmolLM2's
+# tokenizer, in .gpu/ (the run carries it, at most 64 MiB; then bench/gpu_device.sh installs
+# and runs). Versions as this .venv has them. Checked by installing exactly these (cp311) beside
+# torch in a bare venv and running `python -m bench.gpu --smoke --e2e` there.
 GPU_WHEELS := transformers tokenizers huggingface_hub safetensors regex Django asgiref sqlparse \
 	channels daphne Twisted autobahn txaio Automat constantly hyperlink Incremental zope.interface cbor2 \
 	service-identity pyOpenSSL cryptography cffi pycparser attrs celery kombu \
 	billiard vine amqp click click-didyoumean click-repl click-plugins prompt_toolkit wcwidth \
 	python-dateutil six tzlocal dj-database-url whitenoise stripe requests urllib3 idna certifi \
-	charset-normalizer prometheus_client h11 pytest pytest-django pytest-asyncio pluggy iniconfig packaging
+	charset-normalizer prometheus_client h11 pytest pytest-django pytest-asyncio pluggy iniconfig packaging \
+	redis channels-redis msgpack hf-xet httpx2 httpcore2 anyio truststore typer annotated-doc pydantic \
+	pydantic-core annotated-types typing-inspection rich markdown-it-py mdurl Pygments shellingham ujson
 gpu-wheels: setup-test
 	rm -rf .gpu && mkdir -p .gpu/wheels
 	$(BIN)/pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
 		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-		-d .gpu/wheels $$($(BIN)/pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==" )
+		-d .gpu/wheels $$($(BIN)/pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|' | sed 's/[-_.]/[-_.]/g'))==" )
 	$(BIN)/python -m bench.gpu --save-tokenizer .gpu/tokenizer
 	du -sh .gpu
 
