@@ -88,12 +88,15 @@ class Process:
 
 
 class Daphne(Process):
+    """The server as `make run` starts it: `python -m chatsite.serve`, which becomes Daphne
+    (one web process unless the settings ask for more)."""
+
     def __init__(self, env: dict[str, str], log_dir: Path) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__(
             "daphne",
-            [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+            [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(self.port)],
             env,
             log_dir,
         )
