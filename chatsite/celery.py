@@ -25,14 +25,14 @@ def _load_engine_early(**_) -> None:
     from django.conf import settings
 
     from inference import EngineConfig
-    from inference.worker import engine_get
 
     config = EngineConfig(**settings.INFERENCE_ENGINE)
-    threading.Thread(target=_engine_load, args=(config, engine_get), name="engine-load", daemon=True).start()
+    threading.Thread(target=_engine_load, args=(config,), name="engine-load", daemon=True).start()
 
 
-def _engine_load(config, engine_get) -> None:
+def _engine_load(config) -> None:
     from inference.engine import EngineShuttingDown
+    from inference.worker import engine_get
 
     try:
         engine_get(config)

@@ -63,12 +63,15 @@ def live_apply(messages: list[tuple[str, dict]]) -> None:
     store = _store()
     for group, message in messages:
         kind = message.get("type")
+        if kind not in ("gen.token", "live.reset", "live.clear"):
+            continue
+        message_id = int(group.split(".", 1)[1])  # gen.<id> or live.<id>
         if kind == "gen.token":
-            store.append(int(group.split(".", 1)[1]), message["offset"], message["text"])
+            store.append(message_id, message["offset"], message["text"])
         elif kind == "live.reset":
-            store.reset(int(group.split(".", 1)[1]), message["content"])
-        elif kind == "live.clear":
-            store.clear(int(group.split(".", 1)[1]))
+            store.reset(message_id, message["content"])
+        else:
+            store.clear(message_id)
 
 
 def _best_effort(write, *args) -> None:

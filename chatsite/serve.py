@@ -87,25 +87,21 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def supervise(children: list[subprocess.Popen], helpers: list[subprocess.Popen]) -> int:
-    """Pass SIGTERM and SIGINT on; when any child or helper exits, stop the rest, the web
+    """On SIGTERM or SIGINT, or when any child or helper exits, stop them all: the web
     processes first (they hand their replies back), then the helpers. The exit code: the
-    first one's to exit, 0 if it was asked to stop."""
+    first one's to exit, 0 if this process was asked to stop."""
     stopping = False
 
     def stop(signum, frame):
         nonlocal stopping
         stopping = True
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    while True:
-        ended = [process for process in (*children, *helpers) if process.poll() is not None]
-        if ended:
-            break
+    ended = []
+    while not stopping and not ended:
         time.sleep(0.2)
+        ended = [process for process in (*children, *helpers) if process.poll() is not None]
     code = 0 if stopping else (ended[0].returncode or 1)
     if not stopping:
         logger.error("process %d exited with %s; stopping the others", ended[0].pid, ended[0].returncode)
