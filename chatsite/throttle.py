@@ -1,6 +1,7 @@
 """Throttles against guessing passwords and farming accounts (each new account is a fresh Free
 quota), counted in Django's cache: Redis shared by every web process in the distributed mode,
-the process's memory in the embedded one.
+the process's memory in the embedded one (a file cache with locked counters, chatsite/filecache.py,
+when it runs several web processes).
 
 The rules, each over a window that starts at the first event counted:
 - log-in failures per account (LOGIN_FAILURES_PER_ACCOUNT in LOGIN_LOCKOUT_S): the account is

@@ -130,7 +130,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 elif CHAT_WEB_PROCESSES > 1:  # the embedded mode over several processes: one cache they all read
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache",
+    CACHES = {"default": {"BACKEND": "chatsite.filecache.SharedFileCache",
                           "LOCATION": str(DATA_DIR / "cache")}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
