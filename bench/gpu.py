@@ -9,7 +9,9 @@ token), transformers' plain `generate` one request at a time, its compiled stati
 request's time to first token with 64 Free requests queued. `--e2e` adds the product in its
 embedded mode on the same GPU (`--web-processes`, default 4, Daphne processes in front of
 one engine server): `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients, against
-the engine alone in the same run. Writes bench/results/gpu.json (`--name`).
+the engine alone in the same run. Writes bench/results/gpu.json (`--name`; an absolute path
+is written where it says) after each part, so a run stopped at a time limit keeps what it
+measured.
 
 The tokenizer is SmolLM2's: from the default model when it is installed, else `--tokenizer
 DIR` (a folder `--save-tokenizer DIR` wrote where it is installed; the GPU machine's image has
@@ -211,12 +213,13 @@ def main() -> None:
             if index == 0:
                 result["shape"] = shape
                 result.update(measured)
+                write_result(result, args.name)  # each part as it is measured: a run cut short keeps it
                 if args.e2e:
                     result["e2e_web_processes"] = args.web_processes
                     result["e2e"] = e2e(folder, measured["engine"], args.web_processes)
             else:
                 result.setdefault("shapes", {})[shape] = measured
-    write_result(result, args.name)
+            write_result(result, args.name)
 
 
 if __name__ == "__main__":
