@@ -177,7 +177,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         # gone (a Redis outage). Frames published from here on follow this one; the page skips
         # what it already has by their offsets.
         try:
-            text = await sync_to_async(live_text, thread_sensitive=False)(reply.id)
+            text = await sync_to_async(live_text, thread_sensitive=False)(reply.id, reply.content)
         except Exception as error:
             logger.warning("live text of reply %s unreadable: %r", reply.id, error)
             text = ""

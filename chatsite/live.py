@@ -33,11 +33,17 @@ def live_append(message_id: int, offset: int, text: str) -> None:
     _best_effort(_store().append, message_id, offset, text)
 
 
-def live_text(message_id: int) -> str:
-    """The reply's text as far as it has streamed ("" once it has ended: read the row then)."""
-    text = ""
+def live_text(message_id: int, saved: str = "") -> str:
+    """The reply's text as far as it has streamed, built on `saved` (its row's text, a true
+    beginning of it): each piece cuts the text at its offset. A piece that starts past the end
+    is left out, since what comes before it is not known: a web process that was not yet
+    listening when a reply began missed its first frames, and their suffix alone is not the
+    text. So the result is always a true beginning of the reply, perhaps shorter than `saved`
+    ("" once the reply has ended: read the row then)."""
+    text = saved
     for offset, piece in _store().pieces(message_id):
-        text = text[:offset] + piece
+        if offset <= len(text):
+            text = text[:offset] + piece
     return text
 
 

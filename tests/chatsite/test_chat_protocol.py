@@ -47,6 +47,32 @@ async def test_a_reply_resumes_on_a_new_socket_from_the_offset_the_page_has(make
     await second.disconnect()
 
 
+@pytest.mark.parametrize(("saved", "caught_up"), [
+    ("Hello", "Hello"),  # the saved text stops short of the pieces: it alone
+    ("Hello, world", "Hello, world again and again"),  # it reaches them: carried on by them
+])
+async def test_a_process_that_missed_a_replys_start_catches_a_page_up_with_a_true_beginning(make_user, saved, caught_up):
+    from asgiref.sync import sync_to_async
+
+    from chatsite import live
+    from tests.chatsite.factories import conversation_with_reply
+
+    user = make_user()
+    conversation, _, reply = await sync_to_async(conversation_with_reply)(
+        user, reply_text=saved, status=Message.Status.STREAMING)
+    # What a web process that began listening after the reply's first frames holds: the
+    # pieces from offset 12 on, with no reset and no start (chatsite/peers.py).
+    live.live_apply([(f"gen.{reply.id}", {"type": "gen.token", "offset": 12, "text": " again and again"})])
+    try:
+        page = await open_socket(user)
+        await page.send_json_to({"type": "watch", "conversation": conversation.id, "message": reply.id, "offset": 0})
+        catch_up = await receive(page)
+        assert catch_up["type"] == "token" and catch_up["offset"] == 0 and catch_up["text"] == caught_up
+        await page.disconnect()
+    finally:
+        live.live_clear(reply.id)
+
+
 async def test_watching_a_finished_reply_sends_its_end_at_once(make_user):
     user = make_user()
     communicator = await open_socket(user)
