@@ -106,7 +106,18 @@ class ApiHandler(ASGIHandler):
 api_asgi_app = ApiHandler()
 
 
+LIVENESS_PATH = "/livez"
+
+
 async def http_app(scope, receive, send):
+    if scope["path"] == LIVENESS_PATH:
+        # Liveness: this process's event loop answers, and nothing else is asked (no database,
+        # no Django), so that a load balancer or the launcher (chatsite/serve.py) tells a hung
+        # process from a busy dependency. Readiness is /healthz.
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": b"ok\n"})
+        return
     # The embedded worker (and its model) starts with the server's first request, a health
     # check included, rather than with the first chat; it cannot start before the server runs.
     embedded_worker_ensure()

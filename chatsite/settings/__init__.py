@@ -25,6 +25,9 @@ CHAT_WEB_PROCESSES = env_int("CHAT_WEB_PROCESSES", 1)
 if CHAT_WEB_PROCESSES < 1:
     raise ImproperlyConfigured("CHAT_WEB_PROCESSES must be at least 1")
 CHATSITE_WEB_INDEX = env_int("CHATSITE_WEB_INDEX", 0)
+# With several web processes: one whose event loop has not answered /livez for this long is
+# killed, which stops the rest for a supervisor to restart (chatsite/serve.py); 0 turns it off.
+CHAT_WEB_LIVENESS_S = env_float("CHAT_WEB_LIVENESS_S", 30.0)
 CHATSITE_STARTED_AT = env_float("CHATSITE_STARTED_AT", 0.0)  # when chatsite.serve started them all (Unix time)
 
 

@@ -7,11 +7,13 @@ import json
 import os
 import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from chatsite.serve import PROBE_EVERY_S, answers_livez
 from tests.e2e.servers import BIN, Process, create_api_key, free_port, manage, receive_frame, server_env, sign_up
 
 
@@ -161,3 +163,33 @@ def test_a_stop_asked_on_one_process_stops_the_reply_the_other_generates(two_pro
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         done = pool.submit(asyncio.run, run()).result(timeout=240)
     assert (done["type"], done["status"], done["finish_reason"]) == ("done", "stopped", "stop"), done
+
+
+def test_a_hung_web_process_is_killed_and_takes_the_rest_down(tmp_path, tiny_model_dir):
+    """A web process that stops answering without exiting would keep its share of the port's
+    new connections waiting: the launcher, asking each one's /livez, kills it after
+    CHAT_WEB_LIVENESS_S and stops the rest, exiting non-zero for a supervisor."""
+    env = server_env(CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
+                     CHAT_WEB_PROCESSES="2", CHAT_WEB_LIVENESS_S="3")
+    manage(env, "migrate", "--noinput")
+    port = free_port()
+    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
+                       env, tmp_path)
+    try:
+        launcher.wait_for_log(r"2 web processes on")
+        children = [int(pid) for pid in
+                    Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
+        web = [pid for pid in children if "daphne" in Path(f"/proc/{pid}/cmdline").read_text()]
+        deadline = time.monotonic() + 60
+        while not all(answers_livez(tmp_path / f"web-{index}.live.sock") for index in range(2)):
+            assert time.monotonic() < deadline, launcher.log()
+            time.sleep(0.2)
+        time.sleep(PROBE_EVERY_S + 1)  # a round of the launcher's probes answered by both
+        os.kill(web[0], signal.SIGSTOP)
+        assert launcher.popen.wait(60) != 0
+        log = launcher.log()
+        assert f"web process {web[0]} has not answered for" in log
+        assert not any(Path(f"/proc/{pid}").exists() for pid in web)  # both gone, reaped
+        assert "GET /livez" not in log  # the probes stay out of the access log
+    finally:
+        launcher.stop()
