@@ -87,6 +87,28 @@ class Process:
         self._log.close()
 
 
+class Launcher(Process):
+    """`python -m chatsite.serve` with CHAT_WEB_PROCESSES=`count` on a free port, once it has
+    started them: `web` and `engine` hold its children's process ids."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path, count: int = 2) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(self.port)],
+                         {**env, "CHAT_WEB_PROCESSES": str(count)}, log_dir)
+        try:
+            self.wait_for_log(rf"{count} web processes on 127\.0\.0\.1")
+            pid = self.popen.pid
+            children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            commands = {child: Path(f"/proc/{child}/cmdline").read_text() for child in children}
+            self.web = [child for child in children if "daphne" in commands[child]]
+            self.engine = [child for child in children if "engine_server" in commands[child]]
+            assert len(self.web) == count, commands
+        except BaseException:
+            self.stop()
+            raise
+
+
 class Daphne(Process):
     """The server as `make run` starts it: `python -m chatsite.serve`, which becomes Daphne
     (one web process unless the settings ask for more)."""

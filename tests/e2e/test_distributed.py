@@ -18,11 +18,11 @@ import redis
 from tests.e2e.servers import (
     BIN,
     Daphne,
+    Launcher,
     Process,
     celery_worker,
     chat,
     create_api_key,
-    free_port,
     manage,
     receive_frame,
     require_service,
@@ -345,19 +345,15 @@ def test_several_web_processes_serve_one_port_and_stop_together(tmp_path, tiny_m
     import os
     import signal
 
-    env = own_env(tmp_path, tiny_model_dir, database_url, "redis://127.0.0.1:6379/14", CHAT_WEB_PROCESSES="2")
-    port = free_port()
-    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
-                       env, tmp_path)
+    env = own_env(tmp_path, tiny_model_dir, database_url, "redis://127.0.0.1:6379/14")
+    launcher = Launcher(env, tmp_path)
     try:
-        launcher.wait_for_log(r"2 web processes on 127\.0\.0\.1")
-        children = [int(pid) for pid in
-                    Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
-        assert len(children) == 2
+        children = launcher.web
+        assert not launcher.engine  # distributed: the workers hold the engines
         for paused in children:
             os.kill(paused, signal.SIGSTOP)  # only the other one answers now
             try:
-                response = get_from_whoever_answers(f"http://127.0.0.1:{port}/accounts/login/")
+                response = get_from_whoever_answers(f"{launcher.url}/accounts/login/")
                 assert response.status_code == 200 and "csrfmiddlewaretoken" in response.text
             finally:
                 os.kill(paused, signal.SIGCONT)

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from chatsite.serve import PROBE_EVERY_S, answers_livez
-from tests.e2e.servers import BIN, Process, create_api_key, free_port, manage, receive_frame, server_env, sign_up
+from tests.e2e.servers import Launcher, create_api_key, manage, receive_frame, server_env, sign_up
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +24,10 @@ def two_processes(tmp_path_factory, tiny_model_dir):
                      CHAT_WEB_PROCESSES="2", CHAT_MODEL_TITLES="0", FREE_MAX_OUTPUT_TOKENS="2000",
                      FREE_MESSAGES_PER_WINDOW="1000")
     manage(env, "migrate", "--noinput")
-    port = free_port()
-    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
-                       env, folder)
-    launcher.wait_for_log(r"2 web processes on")
-    url = f"http://127.0.0.1:{port}"
-    children = [int(pid) for pid in Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
-    web = [pid for pid in children if "daphne" in Path(f"/proc/{pid}/cmdline").read_text()]
-    engine = [pid for pid in children if "engine_server" in Path(f"/proc/{pid}/cmdline").read_text()]
-    assert len(web) == 2 and len(engine) == 1, children
-    launcher.engine_pid = engine[0]
-    yield url, web, folder, launcher
+    launcher = Launcher(env, folder)
+    assert len(launcher.engine) == 1
+    launcher.engine_pid = launcher.engine[0]
+    yield launcher.url, launcher.web, folder, launcher
     launcher.stop()
 
 
@@ -172,14 +165,9 @@ def test_a_hung_web_process_is_killed_and_takes_the_rest_down(tmp_path, tiny_mod
     env = server_env(CHATSITE_DATA_DIR=str(tmp_path), CHAT_MODEL=tiny_model_dir, CHAT_DTYPE="fp32",
                      CHAT_WEB_PROCESSES="2", CHAT_WEB_LIVENESS_S="3")
     manage(env, "migrate", "--noinput")
-    port = free_port()
-    launcher = Process("serve", [str(BIN / "python"), "-m", "chatsite.serve", "-b", "127.0.0.1", "-p", str(port)],
-                       env, tmp_path)
+    launcher = Launcher(env, tmp_path)
+    web = launcher.web
     try:
-        launcher.wait_for_log(r"2 web processes on")
-        children = [int(pid) for pid in
-                    Path(f"/proc/{launcher.popen.pid}/task/{launcher.popen.pid}/children").read_text().split()]
-        web = [pid for pid in children if "daphne" in Path(f"/proc/{pid}/cmdline").read_text()]
         deadline = time.monotonic() + 60
         while not all(answers_livez(tmp_path / f"web-{index}.live.sock") for index in range(2)):
             assert time.monotonic() < deadline, launcher.log()
