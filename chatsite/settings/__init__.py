@@ -130,13 +130,19 @@ def _databases() -> dict:
 DATABASES = _databases()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# The embedded caches hold stop flags and throttle counts, which must not be dropped to make
+# room: Django's default of 300 entries, past which it deletes a third (the file cache at
+# random), was reached by a few hundred addresses failing to log in. The bound stays, for memory
+# and disk: 50,000 entries are some MB.
+_EMBEDDED_CACHE_OPTIONS = {"MAX_ENTRIES": 50_000}
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
 elif CHAT_WEB_PROCESSES > 1:  # the embedded mode over several processes: one cache they all read
     CACHES = {"default": {"BACKEND": "chatsite.filecache.SharedFileCache",
-                          "LOCATION": str(DATA_DIR / "cache")}}
+                          "LOCATION": str(DATA_DIR / "cache"), "OPTIONS": _EMBEDDED_CACHE_OPTIONS}}
 else:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                          "OPTIONS": _EMBEDDED_CACHE_OPTIONS}}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
