@@ -7,8 +7,8 @@ model; 64 new tokens per request, end of sequence ignored. For each shape: the e
 token), transformers' plain `generate` one request at a time, its compiled static-cache
 `generate` (CUDA graphs) on batches of 1, 32 and 256, and, for the first shape, a Plus
 request's time to first token with 64 Free requests queued. `--e2e` adds the product in its
-embedded mode on the same GPU (`--web-processes`, default 4, Daphne processes in front of
-one engine server): `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients, against
+embedded mode on the same GPU (`--web-processes`, default 4 then 8, Daphne processes in front
+of one engine server): `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients, against
 the engine alone in the same run. Writes bench/results/gpu.json (`--name`; an absolute path
 is written where it says) after each part, so a run stopped at a time limit keeps what it
 measured.
@@ -141,6 +141,7 @@ def e2e(folder: Path, engine_alone: dict, web_processes: int) -> dict:
                                "CHAT_MAX_RUNNING": str(max(LEVELS)),
                                "CHAT_MAX_KV_TOKENS": str(max(LEVELS) * KV_PER_SEQUENCE)},
                      web_processes=web_processes)
+    print(f"  e2e, {web_processes} web processes:", flush=True)
     results = {}
     try:
         for n in E2E_LEVELS:
@@ -184,7 +185,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="", help="a folder holding SmolLM2's tokenizer")
     parser.add_argument("--save-tokenizer", default="", metavar="DIR", help="write SmolLM2's tokenizer to DIR and stop")
     parser.add_argument("--e2e", action="store_true", help="also the product end to end (embedded mode)")
-    parser.add_argument("--web-processes", type=int, default=4, help="--e2e: Daphne processes (CHAT_WEB_PROCESSES)")
+    parser.add_argument("--web-processes", default="4,8",
+                        help="--e2e: Daphne processes (CHAT_WEB_PROCESSES); several, comma-separated: the first "
+                             "is `e2e`, measured before the other shapes, the others `e2e_more` after them")
     parser.add_argument("--no-hf", action="store_true", help="leave out transformers' generate")
     parser.add_argument("--shapes", default="smollm2-135m,1.7b", help="which shapes, comma-separated")
     parser.add_argument("--smoke", action="store_true", help="a tiny shape on the CPU, few requests: checks the script")
@@ -206,6 +209,7 @@ def main() -> None:
         raise SystemExit("bench.gpu needs a CUDA device (--smoke runs it on the CPU)")
     gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "none (--smoke)"
     result: dict = {"gpu": gpu, "torch": torch.__version__, "new_tokens": NEW_TOKENS}
+    web_processes = [int(count) for count in args.web_processes.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
         for index, shape in enumerate(shapes):
             folder = Path(scratch) / shape
@@ -215,10 +219,13 @@ def main() -> None:
                 result.update(measured)
                 write_result(result, args.name)  # each part as it is measured: a run cut short keeps it
                 if args.e2e:
-                    result["e2e_web_processes"] = args.web_processes
-                    result["e2e"] = e2e(folder, measured["engine"], args.web_processes)
+                    result["e2e_web_processes"] = web_processes[0]
+                    result["e2e"] = e2e(folder, measured["engine"], web_processes[0])
             else:
                 result.setdefault("shapes", {})[shape] = measured
+            write_result(result, args.name)
+        for count in web_processes[1:] if args.e2e else ():  # which count suits this machine, last
+            result.setdefault("e2e_more", {})[str(count)] = e2e(Path(scratch) / shapes[0], result["engine"], count)
             write_result(result, args.name)
 
 
