@@ -129,10 +129,10 @@ class Liveness:
                 child.kill()
 
 
-def answers_livez(path: Path, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+def answers_livez(path: Path) -> bool:
     try:
         with socket.socket(socket.AF_UNIX) as client:
-            client.settimeout(timeout_s)
+            client.settimeout(PROBE_TIMEOUT_S)
             client.connect(str(path))
             client.sendall(b"GET /livez HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
             return client.recv(64).startswith(b"HTTP/1.1 200")
