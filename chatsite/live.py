@@ -22,9 +22,14 @@ logger = logging.getLogger(__name__)
 
 TTL_S = 3600  # a reply's pieces outlive a worker that died without clearing them
 
+# The replies this process's worker is streaming, from its reset to its clear: what another
+# embedded web process that connects late is sent whole (chatsite/peers.py).
+_own: set[int] = set()
+
 
 def live_reset(message_id: int, content: str) -> None:
     """A worker starts (or resumes) the reply from `content`."""
+    _own.add(message_id)
     _best_effort(_store().reset, message_id, content)
     _tell_other_processes(message_id, {"type": "live.reset", "content": content})
 
@@ -48,8 +53,14 @@ def live_text(message_id: int, saved: str = "") -> str:
 
 
 def live_clear(message_id: int) -> None:
+    _own.discard(message_id)
     _best_effort(_store().clear, message_id)
     _tell_other_processes(message_id, {"type": "live.clear"})
+
+
+def live_own_texts() -> dict[int, str]:
+    """The text so far of each reply this process's worker is streaming."""
+    return {message_id: live_text(message_id) for message_id in list(_own)}
 
 
 def _tell_other_processes(message_id: int, payload: dict) -> None:

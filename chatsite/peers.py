@@ -8,7 +8,9 @@ message here and also sends it to the other web processes, each listening on a U
 DATA_DIR, which deliver it to their own members. A token frame also goes into the receiving
 process's live-text store, and a worker's live resets and clears travel with the frames, in
 order, as messages to a pseudo-group `live.<id>` that has no members: a page that opens
-mid-answer on any process gets the text so far (chatsite/live.py). The traffic is small:
+mid-answer on any process gets the text so far (chatsite/live.py). A process that connects to
+another late (it was starting, or was dropped for not reading) is first sent each reply that
+one is streaming, whole, so its store has no hole. The traffic is small:
 frames are at most CHAT_STREAM_FRAMES_PER_S a process, sent in batches, as JSON (nothing from
 a socket is unpickled).
 """
@@ -96,12 +98,9 @@ class PeerChannelLayer(InMemoryChannelLayer):
     async def _forward(self, messages) -> None:
         if not self._others:
             return
-        try:
-            body = json.dumps(messages).encode()
-        except (TypeError, ValueError) as error:
-            logger.warning("could not send %d messages to the other web processes: %r", len(messages), error)
+        frame = _frame(messages)
+        if frame is None:
             return
-        frame = len(body).to_bytes(4, "big") + body
         for index in self._others:
             writer = await self._writer(index)
             if writer is None:
@@ -129,5 +128,23 @@ class PeerChannelLayer(InMemoryChannelLayer):
             except OSError:
                 self._retry_at[index] = time.monotonic() + RETRY_S
                 return None
+            # It missed what was sent while it was not connected (it was starting, or was
+            # dropped for reading nothing): first each reply this process streams, whole, so
+            # that a page opening there mid-answer gets its true beginning. The frames that
+            # follow carry offsets within or past that text, so they join it in any order.
+            resets = [(f"{LIVE_GROUP_PREFIX}{message_id}", {"type": "live.reset", "content": text})
+                      for message_id, text in live.live_own_texts().items()]
+            if resets and (frame := _frame(resets)) is not None:
+                writer.write(frame)
             self._writers[index] = writer
             return writer
+
+
+def _frame(messages: list[tuple[str, dict]]) -> bytes | None:
+    """Messages as the other processes read them: a 4-byte length, then JSON."""
+    try:
+        body = json.dumps(messages).encode()
+    except (TypeError, ValueError) as error:
+        logger.warning("could not send %d messages to the other web processes: %r", len(messages), error)
+        return None
+    return len(body).to_bytes(4, "big") + body
