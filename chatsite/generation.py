@@ -53,6 +53,7 @@ def reply_generate(*, message_id: int) -> None:
     try:
         _generate(reply, owner, branch)
     except EngineShuttingDown:
+        live_clear(reply.id)  # as _finish does for a shutdown: this process streams it no more
         lease_release(message_id=reply.id, owner=owner, content=reply.content)
     except Exception:
         logger.exception("generating message %s failed", message_id)

@@ -163,6 +163,9 @@ def test_a_worker_shutting_down_hands_its_reply_back_with_its_text(make_user, sl
     assert row.status == "pending" and row.content and row.lease_owner == ""
     assert row.lease_expires_at <= timezone.now()  # due at the next sweep
     assert row.attempts == 0
+    from chatsite import live
+
+    assert reply.id not in live.live_own_texts()  # not sent whole to a peer connecting late
 
 
 def test_the_sweeper_runs_in_the_background_of_a_worker_until_stopped(make_user, sent, settings):

@@ -18,6 +18,7 @@ def two_layers(settings, tmp_path, monkeypatch):
     settings.CHATSITE_WEB_INDEX = 1
     receiver = PeerChannelLayer()
     monkeypatch.setattr(live, "_tell_other_processes", lambda message_id, payload: None)  # no publisher here
+    monkeypatch.setattr(live, "_own", set())  # not the replies earlier tests left mid-stream
     received = []
     monkeypatch.setattr(live, "live_apply", received.extend)  # what the receiving process applies
     yield sender, receiver, received
