@@ -104,15 +104,17 @@ def publish(group: str, payload: Payload) -> None:
 _pending: list[tuple[str, dict]] = []
 _pending_lock = threading.Lock()
 _flushing_on: asyncio.AbstractEventLoop | None = None  # the loop whose _flush is running or due
+# Until when token frames are dropped (time.monotonic()). Kept between flushes: at a few frames a
+# second the queue empties after each, and a flush's own clock would forget the outage at once.
+_down_until = 0.0
 
 
 async def _flush() -> None:
     """Send the queue, oldest first, until it is empty. One at a time per loop, so each
     group's messages arrive in the order they were published; what queued up meanwhile goes
     in batches of up to SEND_BATCH (`group_send_many`, a couple of trips to Redis a batch)."""
-    global _flushing_on
+    global _flushing_on, _down_until
     layer = get_channel_layer()
-    down_until = 0.0
     while True:
         with _pending_lock:
             if not _pending:
@@ -120,7 +122,7 @@ async def _flush() -> None:
                 return
             batch = _pending[:]
             _pending.clear()
-        if time.monotonic() < down_until:
+        if time.monotonic() < _down_until:
             batch = [(group, payload) for group, payload in batch if payload["type"] != "gen.token"]
         for start in range(0, len(batch), SEND_BATCH):
             part = batch[start:start + SEND_BATCH]
@@ -129,7 +131,7 @@ async def _flush() -> None:
             except Exception as error:  # the layer is down or full: these frames are lost, the database keeps the text
                 logger.warning("could not publish %s frames (%s): %r", len(part),
                                ", ".join(sorted({payload["type"] for _, payload in part})), error)
-                down_until = time.monotonic() + OUTAGE_BACKOFF_S
+                _down_until = time.monotonic() + OUTAGE_BACKOFF_S
 
 
 def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:

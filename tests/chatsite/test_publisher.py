@@ -9,9 +9,10 @@ from chatsite import publisher
 
 
 @pytest.fixture
-async def watching():
+async def watching(monkeypatch):
     """A channel in the group of message 900001, with the test's loop as the publishing loop."""
     publisher.publisher_use_loop(asyncio.get_running_loop())
+    monkeypatch.setattr(publisher, "_down_until", 0.0)
     layer = get_channel_layer()
     channel = await layer.new_channel()
     await layer.group_add(publisher.generation_group(900001), channel)
@@ -52,6 +53,9 @@ async def test_after_a_failed_send_tokens_are_dropped_for_a_moment_but_ends_stil
     monkeypatch.setattr(layer, "group_send", failing_once)
     for text in ("before", "lost", "skipped while the layer is down"):
         await asyncio.to_thread(publisher.publish_token, 900001, text=text, index=0, offset=0)
+        # A quiet stream: each frame's send is over before the next is published, so the
+        # outage is remembered between sends, not only within one batch.
+        await asyncio.sleep(0.05)
     await asyncio.to_thread(publisher.publish_done, 900001, status="done", finish_reason="eos", content="x", usage={})
     received = [await asyncio.wait_for(layer.receive(channel), 5) for _ in range(2)]
     assert [m.get("text", m["type"]) for m in received] == ["before", "gen.done"]
