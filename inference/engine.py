@@ -68,6 +68,11 @@ class EngineConfig:
     # A shared engine server's Unix socket (inference.engine_process.serve): connect to it
     # instead of loading a model here; the server's own config then governs the engine.
     address: str = ""
+    # An engine in a process of its own (above) ends that process when its step loop has not
+    # come round for this many seconds: a hung device or a deadlock. Its requests end as a
+    # shutdown ends them (the worker gives their replies back) and a new engine takes over
+    # (inference.engine_process.Watchdog). 0 = never.
+    stall_s: float = 120.0
 
     def __post_init__(self) -> None:
         if self.max_running < 1:
@@ -82,6 +87,8 @@ class EngineConfig:
             raise ValueError(f"runner must be one of {', '.join(RUNNERS)}")
         if self.process not in PROCESS_CHOICES:
             raise ValueError(f"process must be one of {', '.join(PROCESS_CHOICES)}")
+        if self.stall_s < 0:
+            raise ValueError("stall_s must be 0 (never) or more")
 
 
 @dataclass
@@ -164,6 +171,9 @@ class Engine:
         # Called after every step, once its events are out (from the thread that made them):
         # an engine process sends them on from there (inference.engine_process).
         self.after_step: Callable[[], None] | None = None
+        # When the step loop last came round (time.monotonic()), idle or busy: what a watchdog
+        # reads to tell a long step from a hung one. Written by the engine thread alone.
+        self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="inference-engine", daemon=True)
         self._thread.start()
         self._loaded.wait()
@@ -299,6 +309,7 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
+            self.heartbeat = time.monotonic()
             with self._lock:
                 if self._shutting_down:
                     self._end_everything(RequestStatus.STOPPED, "shutdown")

@@ -26,6 +26,7 @@ that leaves or dies has its requests ended as a shutdown ends them, and the othe
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import itertools
 import json
 import logging
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
 from multiprocessing import AuthenticationError
@@ -55,6 +57,7 @@ STATS_EVERY_S = 0.5  # how often the child reports its EngineStats
 IDLE_POLL_S = 0.05  # the relay's longest sleep: events sent outside a step wait at most this
 SHUTDOWN_GRACE_S = 5.0  # past the engine's own shutdown timeout, before the child is killed
 CONNECT_WAIT_S = 120.0  # how long a worker waits for its engine server to listen (it loads a model first)
+EXIT_HUNG = 70  # the exit code of an engine process ended by its Watchdog
 DEFAULT_CONFIG = EngineConfig()
 
 
@@ -471,6 +474,7 @@ def serve(config: EngineConfig, address: str) -> None:
             raise RuntimeError(f"an engine server is already listening at {address}")
     engine = Engine.load(config)
     heap_freeze()
+    _watch(engine)
     authkey = secrets.token_bytes(32)
     with contextlib.suppress(FileNotFoundError):  # a file of its own, made 0600, not one left by someone else
         os.unlink(key_path(address))
@@ -511,6 +515,41 @@ def serve(config: EngineConfig, address: str) -> None:
         server.close()
 
 
+class Watchdog:
+    """Ends this process when `engine`'s step loop has not come round for `stall_s` seconds
+    (a kernel that never returns, a deadlock): a thread cannot be stopped from outside, and a
+    hung engine would otherwise take requests for ever and answer none. Its workers see the
+    process go, as if it had crashed: a worker's own child is started again at its next
+    request, a server is restarted by what started it (chatsite.serve, systemd). `hung` is
+    called instead of exiting where given (tests)."""
+
+    def __init__(self, engine: Engine, stall_s: float, hung: Callable[[float], None] | None = None) -> None:
+        self.engine, self.stall_s = engine, stall_s
+        self.hung = hung or _exit_hung
+        self._thread = threading.Thread(target=self._run, name="engine-watchdog", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self.engine.alive:
+            time.sleep(min(1.0, self.stall_s / 4))
+            silent = time.monotonic() - self.engine.heartbeat
+            if silent > self.stall_s and self.engine.alive:
+                self.hung(silent)
+                return
+
+
+def _exit_hung(silent: float) -> None:
+    logger.critical("the engine's step loop has not come round for %.0f s: ending this process so that a "
+                    "new engine takes over; where every thread was:", silent)
+    faulthandler.dump_traceback(all_threads=True)
+    os._exit(EXIT_HUNG)
+
+
+def _watch(engine: Engine) -> None:
+    if engine.config.stall_s > 0:
+        Watchdog(engine, engine.config.stall_s)
+
+
 class _Stop(Exception):
     """SIGTERM or SIGINT reached the engine server."""
 
@@ -532,6 +571,7 @@ def _serve_owned(address: str, authkey: bytes) -> None:
             connection.send(("failed", RuntimeError(f"the engine process could not start: {error!r}")))
         return
     heap_freeze()
+    _watch(engine)
     EngineServer(engine).serve(connection, owner=True)
 
 

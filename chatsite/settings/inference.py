@@ -15,6 +15,8 @@ INFERENCE_ENGINE = {
     "prefill_tokens": env_int("CHAT_PREFILL_TOKENS", 2048),  # prompt tokens prefilled a step (GPU runner)
     "process": env_str("CHAT_ENGINE_PROCESS", "auto"),  # auto | on | off: the engine in a child process; auto = on with CUDA
     "address": env_str("CHAT_ENGINE_ADDRESS"),  # a shared engine server's socket (manage.py engine_server); empty: this worker's own
+    # An engine in a process of its own whose step loop stalls this long is ended and replaced (0: never).
+    "stall_s": env_float("CHAT_ENGINE_STALL_S", 120.0),
 }
 # The id /v1/models lists and /v1/chat/completions accepts.
 CHAT_MODEL_NAME = env_str("CHAT_MODEL_NAME") or (

@@ -10,6 +10,7 @@ from inference.gpu_runner import GpuRunner
 from inference.loading import load_model, resolve_model_source
 from inference.prompts import build_prompt_ids
 from tests.inference.runner_checks import drive
+from tests.inference.test_engine import collect
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -51,7 +52,7 @@ def test_the_engine_on_cuda_answers_as_generate_alone(tiny_model_dir, reference)
         requests = [engine.submit(ids, SamplingParams(temperature=0, max_new_tokens=8 + 5 * n, ignore_eos=True))
                     for n, ids in enumerate(prompts)]
         for n, request in enumerate(requests):
-            list(request.events(timeout=60))
+            collect(request, 60)
             assert request.output_ids == generate_alone(reference, prompts[n], 8 + 5 * n)
     finally:
         engine.shutdown()
@@ -60,8 +61,8 @@ def test_the_engine_on_cuda_answers_as_generate_alone(tiny_model_dir, reference)
         free = engine.submit(prompts[0], SamplingParams(temperature=0, max_new_tokens=200, ignore_eos=True))
         next(free.events(timeout=60))
         plus = engine.submit(prompts[1], SamplingParams(temperature=0, max_new_tokens=6, ignore_eos=True), priority=10)
-        list(plus.events(timeout=60))
-        list(free.events(timeout=60))
+        collect(plus, 60)
+        collect(free, 60)
         assert free.preemptions == 1
         assert plus.output_ids == generate_alone(reference, prompts[1], 6)
         assert free.output_ids == generate_alone(reference, prompts[0], 200)

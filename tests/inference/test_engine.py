@@ -29,9 +29,18 @@ def prompt(engine, text="Hello"):
     return build_prompt_ids(engine.tokenizer, [{"role": "user", "content": text}], context_length=1024, reserve_tokens=64)
 
 
+def collect(request, timeout: float = 30) -> list:
+    """Every event of `request` up to its finish; fails (rather than waits for ever) if none
+    comes for `timeout` seconds."""
+    events = []
+    for event in request.events(timeout=timeout):
+        assert event is not None, f"the engine went quiet for {timeout} s"
+        events.append(event)
+    return events
+
+
 def run(request):
-    events = list(request.events(timeout=30))
-    assert None not in events, "the engine went quiet for 30 s"
+    events = collect(request)
     tokens = [e for e in events if isinstance(e, TokenEvent)]
     finish = events[-1]
     assert isinstance(finish, FinishEvent)

@@ -2,6 +2,7 @@
 that dies or stops leaves no request waiting for ever."""
 import os
 import signal
+import threading
 import time
 from dataclasses import replace
 
@@ -9,9 +10,9 @@ import pytest
 
 from inference import Engine, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.engine import EngineShuttingDown
-from inference.engine_process import EngineProcess, coalesce, uses_process
+from inference.engine_process import EngineProcess, Watchdog, coalesce, uses_process
 from inference.worker import engine_get, engine_set, engine_shutdown
-from tests.inference.test_engine import prompt, run
+from tests.inference.test_engine import collect, prompt, run
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +78,7 @@ def test_cancel_ends_a_long_request_within_moments_keeping_its_text(engine_proce
     assert isinstance(first, TokenEvent)
     request.cancel("stop")
     started = time.monotonic()
-    events = list(request.events(timeout=30))
+    events = collect(request)
     finish = events[-1]
     assert (finish.status, finish.reason) == (RequestStatus.STOPPED, "stop")
     assert time.monotonic() - started < 5
@@ -129,7 +130,7 @@ def test_a_child_that_dies_ends_open_requests_and_the_worker_starts_another(own_
     request = own_engine_process.submit(prompt(own_engine_process), SamplingParams(temperature=0, max_new_tokens=900, ignore_eos=True))
     assert isinstance(request.next_event(timeout=30), TokenEvent)
     os.kill(own_engine_process.pid, signal.SIGKILL)
-    events = list(request.events(timeout=30))
+    events = collect(request)
     assert isinstance(events[-1], FinishEvent)
     assert (events[-1].status, events[-1].reason) == (RequestStatus.STOPPED, "shutdown")
     assert not own_engine_process.alive
@@ -158,3 +159,32 @@ def test_the_process_is_used_on_cuda_or_when_asked(process_config):
     assert uses_process(process_config)
     assert not uses_process(replace(process_config, process="off"))
     assert not uses_process(replace(process_config, process="auto", device="cpu"))
+
+
+def test_the_watchdog_leaves_an_idle_or_busy_engine_alone_and_calls_out_a_hung_one(tiny_engine_config):
+    engine = Engine.load(tiny_engine_config)
+    decode, stuck, released = engine.runner.decode, threading.Event(), threading.Event()
+
+    def decode_slowly_or_hang(*args, **kwargs):
+        time.sleep(0.02)
+        if stuck.is_set():
+            released.wait(30)
+        return decode(*args, **kwargs)
+
+    engine.runner.decode = decode_slowly_or_hang
+    hung: list[float] = []
+    try:
+        Watchdog(engine, 0.3, hung=hung.append)
+        time.sleep(0.8)  # idle, more than twice the limit
+        tokens = run(engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True)))[1]
+        assert len(tokens) == 60 and hung == []  # 1.2 s of 20 ms steps
+        stuck.set()
+        request = engine.submit(prompt(engine), SamplingParams(temperature=0, max_new_tokens=60, ignore_eos=True))
+        deadline = time.monotonic() + 10
+        while not hung and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(hung) == 1 and hung[0] > 0.3
+    finally:
+        released.set()
+        engine.shutdown()
+    assert run(request)[2].status in (RequestStatus.DONE, RequestStatus.STOPPED)

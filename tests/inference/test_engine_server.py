@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 
 from inference import Engine, FinishEvent, RequestStatus, SamplingParams, TokenEvent
-from inference.engine_process import EngineProcess, EngineUnreachable, key_path
+from inference.engine_process import EXIT_HUNG, EngineProcess, EngineUnreachable, key_path
 from inference.worker import engine_get, engine_set, engine_shutdown
-from tests.inference.test_engine import prompt, run
+from tests.inference.test_engine import collect, prompt, run
 
 ROOT = Path(__file__).resolve().parents[2]
 LONG = SamplingParams(temperature=0, max_new_tokens=900, ignore_eos=True)
 
 
-def server_start(config, address: str) -> subprocess.Popen:
-    server = subprocess.Popen([sys.executable, "-m", "inference.engine_process", "--serve", address, json.dumps(asdict(config))],
+def server_start(config, address: str, command: tuple[str, ...] = ("-m", "inference.engine_process")) -> subprocess.Popen:
+    server = subprocess.Popen([sys.executable, *command, "--serve", address, json.dumps(asdict(config))],
                               cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not os.path.exists(address):
@@ -144,7 +144,7 @@ def test_a_server_that_stops_ends_open_requests_and_workers_connect_to_the_next(
         assert isinstance(request.next_event(timeout=30), TokenEvent)
         server_stop(server)
         assert server.returncode == 0
-        events = list(request.events(timeout=30))
+        events = collect(request)
         assert isinstance(events[-1], FinishEvent)
         assert (events[-1].status, events[-1].reason) == (RequestStatus.STOPPED, "shutdown")
         assert not worker.alive
@@ -183,3 +183,32 @@ def test_connecting_where_no_server_listens_fails_clearly(address):
     with pytest.raises(EngineUnreachable, match="no engine server is listening"):
         EngineProcess.connect(address, wait_s=0.5)
     assert time.monotonic() - started < 5
+
+
+def test_a_server_whose_engine_hangs_exits_and_its_workers_requests_end(tiny_engine_config, address):
+    # The engine's third step never returns, as a kernel on a hung device would not.
+    script = (
+        "import sys, threading\n"
+        "from inference.engine import Engine\n"
+        "from inference.engine_process import main\n"
+        "step = Engine.step\n"
+        "def hanging_step(self):\n"
+        "    if self.stats.steps >= 3:\n"
+        "        threading.Event().wait()\n"
+        "    step(self)\n"
+        "Engine.step = hanging_step\n"
+        "main(sys.argv[1:])\n"
+    )
+    server = server_start(replace(tiny_engine_config, stall_s=1.0), address, ("-c", script))
+    worker = EngineProcess.connect(address)
+    try:
+        _, tokens, finish = run(worker.submit(prompt(worker), LONG))
+        assert tokens  # it answered until it hung
+        assert (finish.status, finish.reason) == (RequestStatus.STOPPED, "shutdown")
+        assert server.wait(30) == EXIT_HUNG
+        log = server.stderr.read()
+        assert "has not come round for" in log and "in hanging_step" in log  # where it hung
+        assert not worker.alive
+    finally:
+        worker.shutdown()
+        server_stop(server)

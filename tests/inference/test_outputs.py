@@ -6,6 +6,7 @@ from inference import FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.detokenize import IncrementalDetokenizer
 from inference.outputs import OutputStage, find_stop, stop_prefix_length
 from inference.requests import Request
+from tests.inference.test_engine import collect
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ class Engine:
 
 
 def events_of(request):
-    events = list(request.events(timeout=10))
+    events = collect(request, 10)
     assert None not in events
     return [e for e in events if isinstance(e, TokenEvent)], events[-1]
 
