@@ -60,6 +60,7 @@ export class MessageList {
 
   update(id, text) {
     if (this.streaming && this.streaming.id === id) {
+      if (text) this.element.querySelector(`article[data-id="${id}"] .note.waiting`)?.remove();
       this.streaming.view.update(text);
       this.scrollIfFollowing();
     }
@@ -109,10 +110,13 @@ export class MessageList {
     if (message.status === "failed") text = message.error || NOTES.failed;
     else if (message.status === "stopped") text = NOTES.stopped;
     else if (message.status === "done" && message.finish_reason === "length") text = NOTES.length;
-    else if (message.status === "pending" && message.role === "assistant") text = "Waiting for the model…";
+    // Queued, or taken by a worker whose model is still loading: the same wait to the reader.
+    const waiting = message.role === "assistant" && !message.content
+      && (message.status === "pending" || message.status === "streaming");
+    if (waiting) text = "Waiting for the model…";
     if (!text) return null;
     const note = document.createElement("p");
-    note.className = "note";
+    note.className = waiting ? "note waiting" : "note";
     note.textContent = text;
     return note;
   }
