@@ -215,23 +215,26 @@ def own_env(tmp_path, tiny_model_dir, database_url, redis_url, **settings) -> di
 
 
 @pytest.fixture
-def takeover(tmp_path, tiny_model_dir, database_url):
-    """A daphne and a worker of their own on Redis database 12, with short leases, for killing.
-    The engine runs one reply at a time, so a kill at the first token finds three not begun
-    (four at once could all finish before that token had crossed daphne to the client)."""
+def takeover(tmp_path, tiny_model_dir):
+    """A daphne and a worker of their own on Redis database 12 and a database of their own (the
+    module's worker, alive on the shared one, would sweep the lapsed leases and take the replies
+    over itself), with short leases, for killing. The engine runs one reply at a time, so a kill
+    at the first token finds three not begun (four at once could all finish before that token
+    had crossed daphne to the client)."""
     redis_url = "redis://127.0.0.1:6379/12"
-    env = own_env(tmp_path, tiny_model_dir, database_url, redis_url,
-                  CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
-                  CHAT_MAX_RUNNING="1")
-    processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
-    yield env, processes
-    for process in processes.values():
-        process.stop()
+    with fresh_database("chatsite_takeover") as database_url:
+        env = own_env(tmp_path, tiny_model_dir, database_url, redis_url,
+                      CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
+                      CHAT_MAX_RUNNING="1")
+        processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
+        yield env, processes, database_url
+        for process in processes.values():
+            process.stop()
     redis.Redis.from_url(redis_url).flushdb()
 
 
-def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_path, database_url):
-    env, processes = takeover
+def test_replies_of_a_killed_worker_are_taken_over_and_finished(takeover, tmp_path):
+    env, processes, database_url = takeover
     server = processes["web"]
     key = create_api_key(sign_up(server.url, "takeover"))
     first_token = threading.Event()
