@@ -1,5 +1,6 @@
 """Quantized weights: GGUF blocks read without re-rounding a code, and products by torch's
 int4 and int8 CPU kernels within a stated tolerance of the de-quantized matrices."""
+import itertools
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from inference.quant import (
     Q4_0,
     Q4_1,
     Q8_0,
+    QUANT_ROWS,
     decoder_weights,
     dequantize_gguf,
     gguf_blocks,
@@ -161,17 +163,21 @@ def test_every_kind_quantizes_a_float_model_and_none_nothing(tiny_model_dir):
 
 @pytest.mark.real_model
 def test_the_quantized_path_keeps_perplexity_and_logits_of_the_de_quantized_one():
-    """The default model on a fixed public-domain text (468 tokens), fed one token per decode
-    step: with CHAT_QUANT=auto (the file's int4 blocks, its Q8_0 lm_head) perplexity is within
-    1 % of the de-quantized weights', and the logits within the stated bounds: per position a
-    KL divergence of at most 0.2 nats (0.01 on average), 90 % of next-token choices the same,
-    no logit off by more than 3 (they span ±37; bf16 logits are 0.125 apart there)."""
+    """The default model on a fixed public-domain text (468 tokens) cut into QUANT_ROWS
+    pieces, each fed one token per decode step as a row of the same steps (the most rows the
+    quantized path takes; a quarter of the steps of one row): with CHAT_QUANT=auto (the file's
+    int4 blocks, its Q8_0 lm_head) perplexity is within 1 % of the de-quantized weights', and
+    the logits within the stated bounds: per position a KL divergence of at most 0.2 nats (0.01
+    on average), 90 % of next-token choices the same, no logit off by more than 3 (they span
+    ±37; bf16 logits are 0.125 apart there)."""
     from inference.loading import load_model, load_tokenizer, resolve_model_source
     from inference.runner import ModelRunner, pick_dtype
 
     cpu = torch.device("cpu")
     source = resolve_model_source(None)
     ids = load_tokenizer(source)(TEXT.read_text())["input_ids"]
+    cuts = [round(row * len(ids) / QUANT_ROWS) for row in range(QUANT_ROWS + 1)]
+    pieces = [ids[start:end] for start, end in itertools.pairwise(cuts)]
 
     def logits(kind: str) -> torch.Tensor:
         runner = ModelRunner(load_model(source, dtype=pick_dtype(cpu)), cpu)
@@ -181,12 +187,18 @@ def test_the_quantized_path_keeps_perplexity_and_logits_of_the_de_quantized_one(
             # bf16) its load-time timing may find it slower than the fp32 weights it would replace.
             assert runner.dtype is not torch.bfloat16, what
             pytest.skip(f"CHAT_QUANT=auto keeps the de-quantized weights on this CPU: {what}")
-        runner.prefill({0: ids[:1]})
+        # Prefill is not quantized: each piece's first token, then its others one a step.
+        runner.prefill({row: piece[:1] for row, piece in enumerate(pieces)})
         runner.commit()
-        return torch.stack([runner.decode([token])[0].float() for token in ids[1:-1]])
+        rows: list[list[torch.Tensor]] = [[] for _ in pieces]
+        for step in range(1, max(map(len, pieces)) - 1):
+            runner.remove({row for row in runner.rows if step >= len(pieces[row]) - 1})
+            for row, values in zip(runner.rows, runner.decode([pieces[row][step] for row in runner.rows]), strict=True):
+                rows[row].append(values.float())
+        return torch.cat([torch.stack(values) for values in rows])
 
     quantized, reference = logits("auto"), logits("none")
-    targets = torch.tensor(ids[2:])
+    targets = torch.tensor([token for piece in pieces for token in piece[2:]])
 
     def perplexity(values: torch.Tensor) -> float:
         return math.exp(torch.nn.functional.cross_entropy(values, targets).item())
