@@ -37,12 +37,15 @@ def prompt_limit_check(messages: list[dict[str, str]], *, max_prompt_tokens: int
 
 
 def web_tokenizer():
-    """The model's tokenizer, loaded once per process (a few seconds for a GGUF file)."""
+    """The model's tokenizer, loaded once per process (a GGUF file's from its conversion in
+    CHAT_MODEL_CACHE after the first load anywhere; a few seconds before that)."""
     global _tokenizer
     with _tokenizer_lock:
         if _tokenizer is None:
             from inference.loading import load_tokenizer, resolve_model_source
 
             engine = settings.INFERENCE_ENGINE
-            _tokenizer = load_tokenizer(resolve_model_source(engine["model"]), allow_download=engine["allow_download"])
+            _tokenizer = load_tokenizer(
+                resolve_model_source(engine["model"]), allow_download=engine["allow_download"], cache=engine["model_cache"]
+            )
         return _tokenizer

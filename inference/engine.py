@@ -54,6 +54,9 @@ class EngineConfig:
     max_kv_tokens: int = 65536  # tokens the running sequences may hold in KV cache together
     prefix_cache: bool = True  # reuse the KV of the chat template's shared opening
     allow_download: bool = False  # let transformers fetch a hub model that is not cached
+    # Where a GGUF file's conversion is kept for the next load (inference.loading); empty: the
+    # user's cache folder, ~/.cache/chatsite/models; "off": nowhere.
+    model_cache: str = ""
     quant: str = "auto"  # auto | int4 | int8 | none: small decode steps on quantized weights (inference.quant)
     # auto | cpu | gpu: the runner (inference.runner, inference.gpu_runner); auto takes the GPU
     # runner on CUDA where the model is one it can step. `gpu` on a CPU runs it without CUDA graphs.
@@ -191,8 +194,8 @@ class Engine:
         device = pick_device(config.device)
         dtype = pick_dtype(device, config.dtype)
         started = time.perf_counter()
-        self.tokenizer = load_tokenizer(source, allow_download=config.allow_download)
-        model = load_model(source, dtype=dtype, allow_download=config.allow_download)
+        self.tokenizer = load_tokenizer(source, allow_download=config.allow_download, cache=config.model_cache)
+        model = load_model(source, dtype=dtype, allow_download=config.allow_download, cache=config.model_cache)
         if config.runner == "gpu" or (config.runner == "auto" and device.type == "cuda" and gpu_runner_supports(model)):
             # The KV cache is allocated once: max_kv_tokens shared out as one slot per running sequence.
             capacity = max(2, config.max_kv_tokens // config.max_running)

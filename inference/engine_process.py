@@ -133,7 +133,9 @@ class EngineProcess:
             connection = self._accept(listener)
             connection.send(config)
             # The parent needs the tokenizer for prompts; it loads while the child loads the model.
-            tokenizer = load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download)
+            tokenizer = load_tokenizer(
+                resolve_model_source(config.model), allow_download=config.allow_download, cache=config.model_cache
+            )
             self._attach(connection, tokenizer)
         except BaseException:
             self._process.kill()
@@ -189,7 +191,9 @@ class EngineProcess:
         _, self.context_length, self.config, self._pid = message
         config = self.config
         self._stats = EngineStats(max_running=config.max_running, max_kv_tokens=config.max_kv_tokens)
-        self.tokenizer = tokenizer or load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download)
+        self.tokenizer = tokenizer or load_tokenizer(
+            resolve_model_source(config.model), allow_download=config.allow_download, cache=config.model_cache
+        )
         self._receiver = threading.Thread(target=self._receive, name="engine-events", daemon=True)
         self._receiver.start()
 

@@ -10,6 +10,9 @@ INFERENCE_ENGINE = {
     "max_running": env_int("CHAT_MAX_RUNNING", 32),  # sequences in one worker's batch
     "max_kv_tokens": env_int("CHAT_MAX_KV_TOKENS", 65536),  # KV-cache tokens the batch may hold
     "allow_download": env_bool("CHAT_ALLOW_DOWNLOAD", False),  # only for hub ids in CHAT_MODEL
+    # A folder where a GGUF model's conversion is kept for the next start (seconds instead of ~20);
+    # empty: ~/.cache/chatsite/models; off: nowhere.
+    "model_cache": env_str("CHAT_MODEL_CACHE"),
     "quant": env_str("CHAT_QUANT", "auto"),  # auto | int4 | int8 | none: small decode steps on quantized weights
     "runner": env_str("CHAT_RUNNER", "auto"),  # auto | cpu | gpu: auto takes the GPU runner on CUDA
     "prefill_tokens": env_int("CHAT_PREFILL_TOKENS", 2048),  # prompt tokens prefilled a step (GPU runner)
