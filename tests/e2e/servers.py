@@ -77,14 +77,23 @@ class Process:
         raise AssertionError(f"{self.log_path.name} never showed {pattern!r}:\n{self.log()[-4000:]}")
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(15)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
+        stop_together(self)
+
+
+def stop_together(*processes: Process) -> None:
+    """SIGTERM to every process at once, then wait for each (a worker's warm shutdown takes
+    seconds; one after another, they add up); SIGKILL to one still running after 15 s."""
+    for process in processes:
+        if process.popen.poll() is None:
+            process.popen.terminate()
+    deadline = time.monotonic() + 15
+    for process in processes:
+        try:
+            process.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.popen.kill()
+            process.popen.wait()
+        process._log.close()
 
 
 class Launcher(Process):
@@ -136,14 +145,20 @@ class Daphne(Process):
         raise AssertionError(f"daphne did not start:\n{self.log()[-4000:]}")
 
 
-def celery_worker(env: dict[str, str], log_dir: Path, name: str = "celery") -> Process:
+WORKER_READY = r"celery@\S+ ready"
+
+
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "celery", *, wait: bool = True) -> Process:
+    """A `celery worker` process; with `wait`, once it is ready (else the caller waits for
+    WORKER_READY in its log, having started other processes meanwhile: each is seconds of imports)."""
     worker = Process(
         name,
         [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--concurrency", "4", "--loglevel", "INFO"],
         env,
         log_dir,
     )
-    worker.wait_for_log(r"celery@\S+ ready")
+    if wait:
+        worker.wait_for_log(WORKER_READY)
     return worker
 
 

@@ -17,6 +17,7 @@ import redis
 
 from tests.e2e.servers import (
     BIN,
+    WORKER_READY,
     Daphne,
     Launcher,
     Process,
@@ -28,6 +29,7 @@ from tests.e2e.servers import (
     require_service,
     server_env,
     sign_up,
+    stop_together,
 )
 from tests.postgres import fresh_database
 
@@ -70,11 +72,11 @@ def distributed(tmp_path_factory, tiny_model_dir, database_url, redis_url):
     (log_dir / "metrics").mkdir()
     manage(env, "migrate", "--noinput")
     # Fewer pooled connections than task threads (4): a reply must not keep one while it streams.
-    worker = celery_worker({**env, "DATABASE_POOL_SIZE": str(WORKER_POOL_SIZE)}, log_dir)
+    worker = celery_worker({**env, "DATABASE_POOL_SIZE": str(WORKER_POOL_SIZE)}, log_dir, wait=False)
     server = Daphne(env, log_dir)
+    worker.wait_for_log(WORKER_READY)
     yield server, worker, database_url
-    server.stop()
-    worker.stop()
+    stop_together(server, worker)
 
 
 def message_row(database_url, message_id):
@@ -226,10 +228,10 @@ def takeover(tmp_path, tiny_model_dir):
         env = own_env(tmp_path, tiny_model_dir, database_url, redis_url,
                       CHAT_LEASE_S="6", CHAT_LEASE_SWEEP_S="1", CHAT_QUEUE_LEASE_S="6", FREE_MAX_OUTPUT_TOKENS="960",
                       CHAT_MAX_RUNNING="1")
-        processes = {"web": Daphne(env, tmp_path), "first": celery_worker(env, tmp_path, name="first")}
+        processes = {"first": celery_worker(env, tmp_path, name="first", wait=False), "web": Daphne(env, tmp_path)}
+        processes["first"].wait_for_log(WORKER_READY)
         yield env, processes, database_url
-        for process in processes.values():
-            process.stop()
+        stop_together(*processes.values())
     redis.Redis.from_url(redis_url).flushdb()
 
 
@@ -301,9 +303,8 @@ def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, 
                   CHAT_ENGINE_ADDRESS=str(tmp_path / "engine.sock"), CHAT_MODEL_TITLES="0")
     processes = {"engine": Process("engine", [str(BIN / "python"), "manage.py", "engine_server"], env, tmp_path)}
     try:
-        processes["engine"].wait_for_log("serving")
-        processes["first"] = celery_worker(env, tmp_path, name="first")
-        processes["second"] = celery_worker(env, tmp_path, name="second")
+        processes["first"] = celery_worker(env, tmp_path, name="first", wait=False)
+        processes["second"] = celery_worker(env, tmp_path, name="second", wait=False)
         processes["web"] = server = Daphne(env, tmp_path)
         processes["engine"].wait_for_log("worker 2 connected")
         key = create_api_key(sign_up(server.url, "shared-engine"))
@@ -325,8 +326,9 @@ def test_two_worker_processes_share_one_engine_server(tmp_path, tiny_model_dir, 
         processes["engine"].wait_for_log("worker [12] left")
         assert processes["engine"].popen.poll() is None
     finally:
-        for process in reversed(processes.values()):
-            process.stop()
+        engine = processes.pop("engine")
+        stop_together(*processes.values())  # the workers before their engine, which they would wait for
+        engine.stop()
         redis.Redis.from_url(redis_url).flushdb()
 
 
@@ -368,9 +370,9 @@ def test_several_web_processes_serve_one_port_and_stop_together(tmp_path, tiny_m
         redis.Redis.from_url("redis://127.0.0.1:6379/14").flushdb()
 
 
-def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
+def test_an_idle_socket_stays_open_and_then_chats(distributed):
     """redis-py's read timeout used to equal channels_redis's 5 s blocking wait: every idle
-    socket was dropped after 5 s."""
+    socket was dropped after 5 s. Twelve seconds idle is more than two such waits."""
     import websockets
 
     server, _, _ = distributed
@@ -380,7 +382,7 @@ def test_an_idle_socket_stays_open_for_30_seconds_and_then_chats(distributed):
         async with websockets.connect(
             server.url.replace("http://", "ws://") + "/ws/chat/", additional_headers={"Cookie": cookie, "Origin": server.url}
         ) as socket_:
-            await asyncio.sleep(30)
+            await asyncio.sleep(12)
             await socket_.send(json.dumps({"type": "send", "conversation": None, "content": "still here"}))
             frames = [await receive_frame(socket_, 30)]
             while frames[-1]["type"] not in ("done", "error"):

@@ -14,6 +14,7 @@ import websockets
 
 from tests.e2e.forwarder import Forwarder
 from tests.e2e.servers import (
+    WORKER_READY,
     Daphne,
     celery_worker,
     create_api_key,
@@ -22,6 +23,7 @@ from tests.e2e.servers import (
     require_service,
     server_env,
     sign_up,
+    stop_together,
 )
 from tests.postgres import fresh_database
 
@@ -46,13 +48,13 @@ def outage(tmp_path_factory, tiny_model_dir):
             CHAT_QUEUE_LEASE_S="5", CHAT_LEASE_SWEEP_S="1",
         )
         manage(env, "migrate", "--noinput")
-        worker = celery_worker(env, log_dir)
+        worker = celery_worker(env, log_dir, wait=False)
         server = Daphne(env, log_dir)
+        worker.wait_for_log(WORKER_READY)
         session = sign_up(server.url, "outage-user")
         yield server, worker, forwarder, database_url, session.cookie, create_api_key(session)
         forwarder.restore()
-        server.stop()
-        worker.stop()
+        stop_together(server, worker)
         forwarder.close()
     redis.Redis(db=REDIS_DATABASE).flushdb()
 
