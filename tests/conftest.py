@@ -40,6 +40,9 @@ def _worker_uses_tiny_model(tiny_model_dir, django_settings_session):
     django_settings_session.CHAT_MODEL_TITLES = False
     # The embedded worker's roll-up timer would rewrite the console's tables under their tests.
     django_settings_session.USAGE_ROLLUP_INTERVAL_S = 0
+    # Django's own PBKDF2 takes ~0.4 s a password here, by design; tests make hundreds of users
+    # (Django's advice for test settings). The servers the end-to-end tests start keep PBKDF2.
+    django_settings_session.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     yield
     from inference.worker import engine_shutdown
 
