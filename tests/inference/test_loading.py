@@ -91,10 +91,10 @@ def test_the_default_model_from_the_cache_equals_its_gguf_converted_again(tmp_pa
     cache are what converting the GGUF gives; the second load does not read the GGUF."""
     source = resolve_model_source(None)
     cache = str(tmp_path / "cache")
-    direct = load_model(source, dtype=torch.float32, cache="off").state_dict()
-    first = load_model(source, dtype=torch.float32, cache=cache).state_dict()
-    direct_tokenizer = load_tokenizer(source, cache="off")
-    load_tokenizer(source, cache=cache)
+    # A first load converts the GGUF and returns that conversion itself.
+    direct = load_model(source, dtype=torch.float32, cache=cache).state_dict()
+    direct_tokenizer = load_tokenizer(source, cache=cache)
+    assert len(list(Path(cache).glob("*/model/model.safetensors"))) == 1
 
     reads = []
     for name in ("AutoModelForCausalLM", "AutoTokenizer"):
@@ -112,9 +112,9 @@ def test_the_default_model_from_the_cache_equals_its_gguf_converted_again(tmp_pa
     tokenizer = load_tokenizer(source, cache=cache)
     assert reads == [None, None, None]
 
-    assert direct.keys() == first.keys() == cached.keys() == cached_bf16.keys()
+    assert direct.keys() == cached.keys() == cached_bf16.keys()
     for name, tensor in direct.items():
-        assert torch.equal(first[name], tensor) and torch.equal(cached[name], tensor), name
+        assert torch.equal(cached[name], tensor), name
         assert cached_bf16[name].dtype is torch.bfloat16 and torch.equal(cached_bf16[name], tensor.to(torch.bfloat16)), name
 
     texts = ["What is the capital of France?", "naïve café — ünïcödé 🙂\n\tcode: x = {'a': 1}", "<|im_start|>user"]
