@@ -17,6 +17,7 @@ from inference.quant import (
     decoder_weights,
     dequantize_gguf,
     gguf_blocks,
+    gguf_tensors,
     int4_from_float,
     int4_from_gguf,
     int4_from_q8_0,
@@ -116,6 +117,32 @@ def test_int8_per_row_products_and_embedding_rows():
         weight.abs().amax(dim=1) / 254 + 1e-6).all()
     assert (quantized.matmul(x) - exact).abs().max() <= 0.01 * exact.abs().max()
     assert quantized.rows(torch.tensor([[5, 7]])).shape == (1, 2, 128)
+
+
+@pytest.mark.real_model
+def test_the_tensor_table_reads_as_gguf_pys_reader_reads_it():
+    """Every tensor of the default model's file: name, type, shape and bytes as GGUFReader."""
+    from gguf import GGUFReader
+
+    from inference.loading import resolve_model_source
+
+    source = resolve_model_source(None)
+    path = f"{source.path}/{source.gguf_file}"
+    expected = GGUFReader(path).tensors
+    tensors = gguf_tensors(path)
+    assert list(tensors) == [tensor.name for tensor in expected]
+    assert {tensor.tensor_type.name for tensor in expected} >= {"Q4_1", "Q8_0", "F32"}  # every kind of layout
+    for tensor in expected:
+        ours = tensors[tensor.name]
+        assert ours.tensor_type == tensor.tensor_type and ours.shape == tuple(tensor.shape.tolist()), tensor.name
+        assert ours.data.dtype == tensor.data.dtype and np.array_equal(ours.data, tensor.data), tensor.name
+
+
+def test_a_file_that_is_not_gguf_is_refused(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGML" + bytes(60))
+    with pytest.raises(ValueError, match="not a little-endian GGUF"):
+        gguf_tensors(str(path))
 
 
 @pytest.mark.real_model
