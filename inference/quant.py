@@ -314,15 +314,18 @@ def gguf_tensors(path: str) -> dict[str, GgufTensor]:
     buffer = memoryview(raw)
     offset = 0
 
-    def take(fmt: str):
+    def take(fmt: str) -> tuple:
         nonlocal offset
         values = struct.unpack_from(fmt, buffer, offset)
         offset += struct.calcsize(fmt)
-        return values if len(values) > 1 else values[0]
+        return values
+
+    def one(fmt: str):
+        return take(fmt)[0]
 
     def string() -> str:
         nonlocal offset
-        length = take("<Q")
+        length = one("<Q")
         offset += length
         return bytes(buffer[offset - length : offset]).decode()
 
@@ -330,7 +333,7 @@ def gguf_tensors(path: str) -> dict[str, GgufTensor]:
         nonlocal offset
         if value_type == _STRING:
             for _ in range(count):
-                length = take("<Q")  # (not `offset += take(…)`: take moves offset itself)
+                length = one("<Q")  # (not `offset += one(…)`: it moves offset itself)
                 offset += length
         elif value_type == _ARRAY:
             for _ in range(count):
@@ -344,16 +347,15 @@ def gguf_tensors(path: str) -> dict[str, GgufTensor]:
         raise ValueError(f"{path} is not a little-endian GGUF file of version 2 or 3")
     alignment = GGUF_DEFAULT_ALIGNMENT
     for _ in range(kv_count):
-        key, value_type = string(), take("<I")
+        key, value_type = string(), one("<I")
         if key == "general.alignment" and value_type == _UINT32:
-            alignment = take("<I")
+            alignment = one("<I")
         else:
             skip(value_type)
     table = []
     for _ in range(tensor_count):
         name = string()
-        dims = take(f"<{take('<I')}Q")
-        dims = (dims,) if isinstance(dims, int) else dims
+        dims = take(f"<{one('<I')}Q")
         table.append((name, dims, *take("<IQ")))
     offset += -offset % alignment
     tensors = {}
@@ -369,7 +371,6 @@ def gguf_tensors(path: str) -> dict[str, GgufTensor]:
             data = data.reshape(quant_shape_to_byte_shape(shape, kind))
         tensors[name] = GgufTensor(name, kind, dims, data)
     return tensors
-
 
 
 def _shape(tensor) -> tuple[int, int]:
