@@ -5,7 +5,8 @@ the weights' values), saved once to a temporary folder and loaded the way the pr
 model; 64 new tokens per request, end of sequence ignored. For each shape: the engine at 1, 8,
 32, 128 and 256 concurrent requests (tokens/s, milliseconds a decode step, time to first
 token), transformers' plain `generate` one request at a time, its compiled static-cache
-`generate` (CUDA graphs) on batches of 1, 32 and 256, and, for the first shape, a Plus
+`generate` (CUDA graphs) on batches of 1, 32 and 256, the kernels a decode step launches, and,
+for the first shape, a Plus
 request's time to first token with 64 Free requests queued. `--e2e` adds the product in its
 embedded mode on the same GPU (`--web-processes`, default 4 then 8, Daphne processes in front
 of one engine server): `/v1/chat/completions` streamed by 1, 32, 128 and 256 clients, against
@@ -157,11 +158,40 @@ def e2e(folder: Path, engine_alone: dict, web_processes: int) -> dict:
     return results
 
 
+def kernels_a_step(runner) -> dict:
+    """The kernels a decode step launches (what its CUDA graph holds) and their summed time on
+    the device, at 1 and 256 rows over 128 columns, run once without a graph and with every
+    row empty (as before a capture) under torch's profiler: a step whose graph replays in much
+    more than its kernels' time is bound by the graph's launches, not by its arithmetic."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    real = runner._inputs.clone()
+    runner._inputs[1].fill_(runner.capacity)
+    try:
+        with torch.inference_mode():
+            for batch in (1, max(LEVELS)):
+                runner._step(batch, 128)
+                _synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+                    runner._step(batch, 128)
+                    _synchronize()
+                kernels = [event for event in profiler.events() if event.device_type == torch.autograd.DeviceType.CUDA]
+                device_ms = sum(event.time_range.elapsed_us() for event in kernels) / 1e3
+                counts[str(batch)] = {"kernels": len(kernels), "device_ms": device_ms}
+                print(f"  a step of {batch} rows: {len(kernels)} kernels, {device_ms:.2f} ms on the device", flush=True)
+    except Exception as error:  # a diagnostic: the benchmark goes on without it
+        print(f"  kernels a step: not counted ({error!r})", flush=True)
+    runner._inputs.copy_(real)
+    return counts
+
+
 def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, hf: bool) -> dict:
     print(f"{shape}:", flush=True)
     save_random_model(shape, folder, tokenizer)
     engine = load_engine(folder)
-    result = {"engine": engine_levels(engine, LEVELS)}
+    result = {"kernels_a_step": kernels_a_step(engine.runner)} if DEVICE == "cuda" else {}
+    result["engine"] = engine_levels(engine, LEVELS)
     if with_priority:
         # More Free requests than the batch holds, long enough to still run while the Plus
         # ones arrive: 64 of them wait.

@@ -100,6 +100,7 @@ class GpuRunner:
         self._row_index = torch.arange(slots, device=device)
         cos, sin = self._decoder.rotary_tables
         self._cos, self._sin, self._last_position = cos, sin, cos.shape[0] - 1
+        self._norm = _rms_norm if self.dtype == torch.float32 else _half_rms_norm
         self._stepped = self._row_index[:0]  # the slots of the last step's rows, on the device
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool = None
@@ -313,10 +314,14 @@ class GpuRunner:
         rows = self._row_index[:batch]
         table = positions.clamp(max=self._last_position)
         cos, sin = self._cos[table].unsqueeze(1), self._sin[table].unsqueeze(1)  # [batch, 1, dim]
-        attend = (self._columns[:span][None, :] <= positions[:, None])[:, None, None, :]
+        # An additive mask, made once: given a boolean one, SDPA turns it into this itself, two
+        # more kernels in each of the step's layers.
+        attend = torch.zeros((batch, 1, 1, span), dtype=self.dtype, device=self.device).masked_fill_(
+            (self._columns[:span][None, :] > positions[:, None])[:, None, None, :], float("-inf"))
+        norm = self._norm
         hidden = model.embed_tokens(tokens)  # [batch, hidden]
         for layer, keys, values in zip(self._decoder.layers, self._keys, self._values, strict=True):
-            qkv = F.linear(_rms_norm(hidden, layer.input_norm.weight, eps), layer.qkv, layer.qkv_bias)
+            qkv = F.linear(norm(hidden, layer.input_norm.weight, eps), layer.qkv, layer.qkv_bias)
             qk = qkv[:, :qk_size].view(batch, heads + kv_heads, dim)
             # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
             qk = qk * cos + qk.roll(dim // 2, -1) * sin
@@ -330,6 +335,17 @@ class GpuRunner:
                 attn_mask=attend,
             )
             hidden = hidden + F.linear(attention.reshape(batch, q_size), layer.o, layer.o_bias)
-            gate, up = F.linear(_rms_norm(hidden, layer.post_norm.weight, eps), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
+            gate, up = F.linear(norm(hidden, layer.post_norm.weight, eps), layer.gate_up, layer.gate_up_bias).chunk(2, dim=-1)
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
-        return F.linear(_rms_norm(hidden, model.norm.weight, eps), *self._decoder.lm_head)
+        return F.linear(norm(hidden, model.norm.weight, eps), *self._decoder.lm_head)
+
+
+def _half_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`_rms_norm` for bf16 and fp16 rows in two kernels where written out it is eight (upcast,
+    square, mean, add, rsqrt, multiply, downcast, weight): `F.rms_norm` normalizes in fp32 and
+    rounds once to x's dtype, as transformers does, and the weight is applied after it in x's
+    dtype, as transformers applies it (given the weight, the fused op would apply it before the
+    rounding: a quarter of the values one step apart). Written out, the 61 norms of a step
+    would be half its kernels. In fp32 a last-bit difference in the reduction would not round
+    away, so fp32 keeps the ops written out and stays exactly transformers'."""
+    return weight * F.rms_norm(x, (x.shape[-1],), None, eps)

@@ -4,7 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from inference.gpu_runner import GpuRunner, supports
+from inference.decoder import _rms_norm
+from inference.gpu_runner import GpuRunner, _half_rms_norm, supports
 from inference.loading import load_model, resolve_model_source
 from inference.slots import NoFreeSlot
 from tests.inference.runner_checks import drive, logits_alone
@@ -131,3 +132,29 @@ def test_only_llama_models_take_the_gpu_runner_and_graphs_need_cuda():
         GpuRunner(MistralForCausalLM(MistralConfig(**tiny)), torch.device("cpu"), slots=1)
     with pytest.raises(ValueError, match="CUDA"):
         GpuRunner(LlamaForCausalLM(LlamaConfig(**tiny)), torch.device("cpu"), slots=1, graphs=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_half_precision_norm_rounds_as_transformers_norm_does(dtype):
+    """The step's two-kernel RMSNorm for bf16 and fp16 rows gives transformers' values bit for
+    bit (on the CPU; on a GPU the fused reduction may put a value one step apart)."""
+    generator = torch.Generator().manual_seed(0)
+    rows = (torch.randn((512, 576), generator=generator) * 3).to(dtype)
+    weight = (torch.rand(576, generator=generator) + 0.5).to(dtype)
+    assert torch.equal(_half_rms_norm(rows, weight, 1e-5), _rms_norm(rows, weight, 1e-5))
+
+
+def test_a_bf16_step_gives_the_logits_of_each_sequence_alone_within_bf16_rounding(tiny_model_dir):
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.bfloat16)
+    runner = GpuRunner(model, torch.device("cpu"), slots=2, capacity=64)
+    assert runner._norm is _half_rms_norm
+    sequences = {1: [5, 6, 7, 8], 2: [9, 10]}
+    runner.prefill(sequences)
+    runner.commit()
+    for step in range(4):
+        logits = runner.decode([11 + step, 20 + step])
+        sequences[1].append(11 + step)
+        sequences[2].append(20 + step)
+        for row, request_id in enumerate((1, 2)):
+            # Logits near 1 are 1/128 apart in bf16: a step or two of rounding, no more.
+            torch.testing.assert_close(logits[row], logits_alone(model, sequences[request_id]), atol=2e-2, rtol=0)
