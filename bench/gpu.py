@@ -192,6 +192,7 @@ def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, h
     engine = load_engine(folder)
     result = {"kernels_a_step": kernels_a_step(engine.runner)} if DEVICE == "cuda" else {}
     result["engine"] = engine_levels(engine, LEVELS)
+    result["graphs"] = engine.runner.graphs  # False where a capture failed (the log says why)
     if with_priority:
         # More Free requests than the batch holds, long enough to still run while the Plus
         # ones arrive: 64 of them wait.

@@ -278,7 +278,13 @@ class GpuRunner:
             return self._step(batch, span)
         captured = self._graphs.get((batch, span))
         if captured is None:
-            captured = self._graphs[(batch, span)] = self._capture(batch, span)
+            try:
+                captured = self._graphs[(batch, span)] = self._capture(batch, span)
+            except Exception:  # slower without graphs, but every request goes on
+                logger.exception("capturing a decode step as a CUDA graph failed: steps run without graphs from now on")
+                self.graphs = False
+                self._graphs.clear()
+                return self._step(batch, span)
         graph, output = captured
         graph.replay()
         return output
@@ -289,17 +295,19 @@ class GpuRunner:
         The graphs share one memory pool: they are replayed one at a time."""
         real = self._inputs.clone()
         self._inputs[1].fill_(self.capacity)
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            self._step(batch, span)
-        torch.cuda.current_stream().wait_stream(stream)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            output = self._step(batch, span)
-        self._inputs.copy_(real)
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._step(batch, span)
+            torch.cuda.current_stream().wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                output = self._step(batch, span)
+        finally:
+            self._inputs.copy_(real)
         logger.info("captured a decode step of %d rows over %d columns (%d graphs)", batch, span, len(self._graphs) + 1)
         return graph, output
 

@@ -158,3 +158,33 @@ def test_a_bf16_step_gives_the_logits_of_each_sequence_alone_within_bf16_roundin
         for row, request_id in enumerate((1, 2)):
             # Logits near 1 are 1/128 apart in bf16: a step or two of rounding, no more.
             torch.testing.assert_close(logits[row], logits_alone(model, sequences[request_id]), atol=2e-2, rtol=0)
+
+
+def test_a_step_that_cannot_be_captured_runs_without_graphs_from_then_on(tiny_model_dir, monkeypatch, caplog):
+    """Where capturing fails (an op a torch release cannot capture, say), the step runs as it
+    is, its rows' logits right, and no capture is tried again: a slower engine, not a failed one."""
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    runner = GpuRunner(model, torch.device("cpu"), slots=2, capacity=64)
+    runner.graphs = True  # as on CUDA; capturing needs CUDA, so it fails here as it may there
+    tries = []
+    real_capture = runner._capture
+
+    def capture(batch, span):
+        tries.append((batch, span))
+        return real_capture(batch, span)
+
+    def no_stream(*args, **kwargs):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(runner, "_capture", capture)
+    monkeypatch.setattr(torch.cuda, "Stream", no_stream)
+    runner.prefill({1: [5, 6, 7]})
+    runner.commit()
+    with caplog.at_level("ERROR", logger="inference.gpu_runner"):
+        logits = runner.decode([8])
+    torch.testing.assert_close(logits[0], logits_alone(model, [5, 6, 7, 8]), atol=1e-4, rtol=1e-4)
+    assert "steps run without graphs" in caplog.text
+    assert not runner.graphs and len(tries) == 1
+    logits = runner.decode([9])
+    torch.testing.assert_close(logits[0], logits_alone(model, [5, 6, 7, 8, 9]), atol=1e-4, rtol=1e-4)
+    assert len(tries) == 1
