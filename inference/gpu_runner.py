@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from inference import decoder
-from inference.decoder import _rms_norm
+from inference.decoder import _half_rms_norm, _rms_norm
 from inference.runner import prefill_by_prefix
 from inference.sampling import on_device
 from inference.slots import SlotTable, batch_sizes, length_sizes, size_for
@@ -71,7 +71,7 @@ class GpuRunner:
             raise ValueError("the GPU runner takes Llama-family models with position-only rotary embeddings")
         self.model = model.to(device)
         self.device = device
-        self._decoder = decoder.LlamaDecoder(self.model, prepack=False)
+        self._decoder = decoder.LlamaDecoder(self.model, prepack=False, lean_prefill=True)
         config = self.model.config
         self.dtype = next(self.model.parameters()).dtype
         self.context_length = min(int(config.max_position_embeddings), capacity or int(config.max_position_embeddings))
@@ -347,13 +347,3 @@ class GpuRunner:
             hidden = hidden + F.linear(F.silu(gate) * up, layer.down, layer.down_bias)
         return F.linear(norm(hidden, model.norm.weight, eps), *self._decoder.lm_head)
 
-
-def _half_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """`_rms_norm` for bf16 and fp16 rows in two kernels where written out it is eight (upcast,
-    square, mean, add, rsqrt, multiply, downcast, weight): `F.rms_norm` normalizes in fp32 and
-    rounds once to x's dtype, as transformers does, and the weight is applied after it in x's
-    dtype, as transformers applies it (given the weight, the fused op would apply it before the
-    rounding: a quarter of the values one step apart). Written out, the 61 norms of a step
-    would be half its kernels. In fp32 a last-bit difference in the reduction would not round
-    away, so fp32 keeps the ops written out and stays exactly transformers'."""
-    return weight * F.rms_norm(x, (x.shape[-1],), None, eps)

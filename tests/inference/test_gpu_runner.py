@@ -4,8 +4,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from inference.decoder import _rms_norm
-from inference.gpu_runner import GpuRunner, _half_rms_norm, supports
+from inference.decoder import LlamaDecoder, _half_rms_norm, _rms_norm
+from inference.gpu_runner import GpuRunner, supports
 from inference.loading import load_model, resolve_model_source
 from inference.slots import NoFreeSlot
 from tests.inference.runner_checks import drive, logits_alone
@@ -142,6 +142,32 @@ def test_the_half_precision_norm_rounds_as_transformers_norm_does(dtype):
     rows = (torch.randn((512, 576), generator=generator) * 3).to(dtype)
     weight = (torch.rand(576, generator=generator) + 0.5).to(dtype)
     assert torch.equal(_half_rms_norm(rows, weight, 1e-5), _rms_norm(rows, weight, 1e-5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_lean_prefill_gives_transformers_numbers_bit_for_bit(tiny_model_dir, dtype):
+    """The GPU runner's prefill in half precision (two-op norms, q and k rotated together from
+    tables) gives the plain prefill's logits, keys and values exactly: padded rows, and rows
+    after a shared prefix."""
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=dtype)
+    plain, lean = LlamaDecoder(model, prepack=False), LlamaDecoder(model, prepack=False, lean_prefill=True)
+    assert lean.lean_prefill and not plain.lean_prefill
+    input_ids = torch.tensor([[0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14]])
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    prefix = plain.prefill(torch.tensor([[20, 21, 22]]), torch.arange(3)[None], torch.ones((1, 3), dtype=torch.long))
+    prefix_kv = list(zip(prefix[1], prefix[2], strict=True))
+    for before in (None, prefix_kv):
+        full_mask = mask if before is None else torch.cat([torch.ones((2, 3), dtype=torch.long), mask], dim=1)
+        shifted = positions if before is None else positions + 3
+        expected, got = plain.prefill(input_ids, shifted, full_mask, before), lean.prefill(input_ids, shifted, full_mask, before)
+        assert torch.equal(got[0], expected[0])
+        assert all(torch.equal(a, b) for a, b in zip(got[1] + got[2], expected[1] + expected[2], strict=True))
+
+
+def test_fp32_keeps_the_prefill_written_out(tiny_model_dir):
+    model = load_model(resolve_model_source(tiny_model_dir), dtype=torch.float32)
+    assert not LlamaDecoder(model, prepack=False, lean_prefill=True).lean_prefill
 
 
 def test_a_bf16_step_gives_the_logits_of_each_sequence_alone_within_bf16_rounding(tiny_model_dir):
