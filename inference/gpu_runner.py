@@ -2,8 +2,8 @@
 decode, remove), shaped for a device where a decode step is bound by kernel launches, not
 by arithmetic.
 
-- **One KV cache, allocated at start**: per layer [slots, kv_heads, capacity + 1, head_dim],
-  a slot per running sequence (`inference.slots.SlotTable`). A sequence's keys and values stay
+- **One KV cache, allocated at start**: per layer [slots, 2 × kv_heads, capacity + 1,
+  head_dim] (key heads, then value heads), a slot per running sequence (`inference.slots.SlotTable`). A sequence's keys and values stay
   in its slot from prefill to its last token: joining writes its prompt's KV into a free slot,
   leaving frees the slot, and nothing else moves. The last column is a scratch column that the
   empty rows of a step write into.
@@ -81,10 +81,12 @@ class GpuRunner:
             raise ValueError("CUDA graphs need a CUDA device")
         heads, kv_heads, dim = self._decoder.heads, self._decoder.kv_heads, self._decoder.head_dim
         self._heads, self._kv_heads, self._dim = heads, kv_heads, dim
-        shape = (slots, kv_heads, self.capacity + 1, dim)  # + the scratch column
-        layers = len(self._decoder.layers)
-        self._keys = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(layers)]
-        self._values = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in range(layers)]
+        # Per layer one tensor, a slot's key heads then its value heads: a step writes a row's
+        # key and value in one `index_put_`. `_keys` and `_values` are views into it.
+        shape = (slots, 2 * kv_heads, self.capacity + 1, dim)  # + the scratch column
+        self._kv = [torch.zeros(shape, dtype=self.dtype, device=device) for _ in self._decoder.layers]
+        self._keys = [kv[:, :kv_heads] for kv in self._kv]
+        self._values = [kv[:, kv_heads:] for kv in self._kv]
         self._slots = SlotTable(slots)
         self._batch_sizes = batch_sizes(slots)
         self._length_sizes = length_sizes(self.capacity)
@@ -328,13 +330,13 @@ class GpuRunner:
             (self._columns[:span][None, :] > positions[:, None])[:, None, None, :], float("-inf"))
         norm = self._norm
         hidden = model.embed_tokens(tokens)  # [batch, hidden]
-        for layer, keys, values in zip(self._decoder.layers, self._keys, self._values, strict=True):
+        for layer, kv, keys, values in zip(self._decoder.layers, self._kv, self._keys, self._values, strict=True):
             qkv = F.linear(norm(hidden, layer.input_norm.weight, eps), layer.qkv, layer.qkv_bias)
             qk = qkv[:, :qk_size].view(batch, heads + kv_heads, dim)
-            # rotate_half(x) is x rolled by half a head with its first half negated (in sin).
-            qk = qk * cos + qk.roll(dim // 2, -1) * sin
-            keys[rows, :, positions] = qk[:, heads:]
-            values[rows, :, positions] = qkv[:, qk_size:].view(batch, kv_heads, dim)
+            # rotate_half(x) is x rolled by half a head with its first half negated (in sin);
+            # rotated in place, so each row's key and value lie side by side in qkv.
+            torch.add(qk * cos, qk.roll(dim // 2, -1) * sin, out=qk)
+            kv[rows, :, positions] = qkv[:, heads * dim :].view(batch, 2 * kv_heads, dim)
             # The query heads that share a key/value head are that head's "query length".
             attention = F.scaled_dot_product_attention(
                 qk[:, :heads].view(batch, kv_heads, heads // kv_heads, dim),
