@@ -336,7 +336,7 @@ class GpuRunner:
             # rotate_half(x) is x rolled by half a head with its first half negated (in sin);
             # rotated in place, so each row's key and value lie side by side in qkv.
             torch.add(qk * cos, qk.roll(dim // 2, -1) * sin, out=qk)
-            kv[rows, :, positions] = qkv[:, heads * dim :].view(batch, 2 * kv_heads, dim)
+            kv[rows, :, positions] = qkv[:, q_size:].view(batch, 2 * kv_heads, dim)
             # The query heads that share a key/value head are that head's "query length".
             attention = F.scaled_dot_product_attention(
                 qk[:, :heads].view(batch, kv_heads, heads // kv_heads, dim),
