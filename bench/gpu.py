@@ -188,9 +188,12 @@ def kernels_a_step(runner) -> dict:
 
 def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, hf: bool) -> dict:
     print(f"{shape}:", flush=True)
+    # Seconds each part took, so that a run on a lent machine can be planned to fit its time.
+    seconds, started = {}, time.perf_counter()
     save_random_model(shape, folder, tokenizer)
     engine = load_engine(folder)
     result = {"kernels_a_step": kernels_a_step(engine.runner)} if DEVICE == "cuda" else {}
+    seconds["load"] = time.perf_counter() - started
     result["engine"] = engine_levels(engine, LEVELS)
     result["graphs"] = engine.runner.graphs  # False where a capture failed (the log says why)
     if with_priority:
@@ -203,10 +206,15 @@ def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, h
     engine.shutdown()
     del engine
     _empty_cache()
+    seconds["engine"] = time.perf_counter() - started - seconds["load"]
     if hf:
+        mark = time.perf_counter()
         result["hf_naive"] = hf_generate(folder, (1,), compiled=False)
         if DEVICE == "cuda":  # compiling for a CPU is minutes of inductor work
             result["hf_compiled"] = hf_generate(folder, HF_LEVELS, compiled=True)
+        seconds["hf"] = time.perf_counter() - mark
+    result["seconds"] = {part: round(value, 1) for part, value in seconds.items()}
+    print(f"  {shape} took " + ", ".join(f"{part} {value:.0f} s" for part, value in result["seconds"].items()), flush=True)
     return result
 
 
@@ -250,13 +258,17 @@ def main() -> None:
                 result.update(measured)
                 write_result(result, args.name)  # each part as it is measured: a run cut short keeps it
                 if args.e2e:
+                    mark = time.perf_counter()
                     result["e2e_web_processes"] = web_processes[0]
                     result["e2e"] = e2e(folder, measured["engine"], web_processes[0])
+                    result["seconds"]["e2e"] = round(time.perf_counter() - mark, 1)
             else:
                 result.setdefault("shapes", {})[shape] = measured
             write_result(result, args.name)
         for count in web_processes[1:] if args.e2e else ():  # which count suits this machine, last
+            mark = time.perf_counter()
             result.setdefault("e2e_more", {})[str(count)] = e2e(Path(scratch) / shapes[0], result["engine"], count)
+            result["seconds"][f"e2e_{count}"] = round(time.perf_counter() - mark, 1)
             write_result(result, args.name)
 
 
