@@ -86,6 +86,11 @@ def uses_process(config: EngineConfig) -> bool:
     return config.process == "on"
 
 
+def _tokenizer_of(config: EngineConfig):
+    """The tokenizer of `config`'s model, as its engine loads it."""
+    return load_tokenizer(resolve_model_source(config.model), allow_download=config.allow_download, cache=config.model_cache)
+
+
 class RemoteRequest(EventStream):
     """A request running in an engine process: read as a Request is; `cancel` is sent on."""
 
@@ -133,9 +138,7 @@ class EngineProcess:
             connection = self._accept(listener)
             connection.send(config)
             # The parent needs the tokenizer for prompts; it loads while the child loads the model.
-            tokenizer = load_tokenizer(
-                resolve_model_source(config.model), allow_download=config.allow_download, cache=config.model_cache
-            )
+            tokenizer = _tokenizer_of(config)
             self._attach(connection, tokenizer)
         except BaseException:
             self._process.kill()
@@ -191,9 +194,7 @@ class EngineProcess:
         _, self.context_length, self.config, self._pid = message
         config = self.config
         self._stats = EngineStats(max_running=config.max_running, max_kv_tokens=config.max_kv_tokens)
-        self.tokenizer = tokenizer or load_tokenizer(
-            resolve_model_source(config.model), allow_download=config.allow_download, cache=config.model_cache
-        )
+        self.tokenizer = tokenizer or _tokenizer_of(config)
         self._receiver = threading.Thread(target=self._receive, name="engine-events", daemon=True)
         self._receiver.start()
 
