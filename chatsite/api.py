@@ -277,6 +277,8 @@ class _Watcher:
             try:
                 async with asyncio.timeout_at(min(deadline, time.monotonic() + QUIET_CHECK_S)):
                     index, event = await self.events.get()
+                if self.reply_ids[index] not in self.unfinished:
+                    continue  # its end came from the database first: what follows it was said already
                 break
             except TimeoutError:
                 if time.monotonic() >= deadline:

@@ -196,27 +196,35 @@ class ChatConsumer(AsyncWebsocketConsumer):
                                                "stopped. Please try again in a moment.") from None
         if outcome is services.StopOutcome.STOPPED:  # it never reached a worker, so none will report: tell every tab
             await self.channel_layer.group_send(generation_group(message_id), {
-                "type": "gen.done", "status": "stopped", "finish_reason": "stop", "content": "", "usage": {},
+                "type": "gen.done", "message": message_id, "status": "stopped", "finish_reason": "stop",
+                "content": "", "usage": {},
             })
 
     # Channel-layer handlers: what workers publish to gen.<id> and user.<id>, and what other
     # tabs announce on conversation.<id>.
     async def gen_token(self, event: dict) -> None:
+        if not self._is_followed(event):
+            return
         self._last_frame_at = time.monotonic()
-        if self.following is not None:
-            await self._send_json(token_frame(self.following, text=event["text"], index=event["index"],
-                                              offset=event.get("offset", 0)))
+        await self._send_json(token_frame(self.following, text=event["text"], index=event["index"],
+                                          offset=event.get("offset", 0)))
 
     async def gen_done(self, event: dict) -> None:
-        if self.following is not None:
+        if self._is_followed(event):
             await self._end_following(done_frame(
                 self.following, status=event["status"], finish_reason=event["finish_reason"],
                 content=event["content"], usage=event["usage"],
             ))
 
     async def gen_error(self, event: dict) -> None:
-        if self.following is not None:
+        if self._is_followed(event):
             await self._end_following(error_frame("generation_failed", event["error"], self.following))
+
+    def _is_followed(self, event: dict) -> bool:
+        """Whether `event` is the followed reply's. One of a reply followed before may arrive
+        late: its end was read from the database (`_watch_for_a_lost_end`) while its frames
+        were still on their way, and they reached this channel before it left the group."""
+        return self.following is not None and event.get("message", self.following) == self.following
 
     async def conversation_updated(self, event: dict) -> None:
         await self._send_json(conversation_updated_frame(event["conversation"], event["title"]))

@@ -26,8 +26,13 @@ SEND_BATCH = 256  # frames sent together, at most
 OUTAGE_BACKOFF_S = 1.0
 
 
+# Each gen.* payload names its reply (`message`): a socket follows one reply at a time, and a
+# late frame of the reply it followed before may still be waiting in its channel when it
+# follows the next (its end was read from the database first); it must not be taken for the
+# new reply's.
 class TokenPayload(TypedDict):
     type: Literal["gen.token"]
+    message: int
     text: str
     index: int  # index of the first token in `text`
     offset: int  # where `text` begins in the reply's content, in characters
@@ -35,6 +40,7 @@ class TokenPayload(TypedDict):
 
 class DonePayload(TypedDict):
     type: Literal["gen.done"]
+    message: int
     status: str
     finish_reason: str
     content: str
@@ -43,6 +49,7 @@ class DonePayload(TypedDict):
 
 class ErrorPayload(TypedDict):
     type: Literal["gen.error"]
+    message: int
     error: str
 
 
@@ -135,18 +142,20 @@ async def _flush() -> None:
 
 
 def publish_token(message_id: int, *, text: str, index: int, offset: int) -> None:
-    publish(generation_group(message_id), TokenPayload(type="gen.token", text=text, index=index, offset=offset))
+    publish(generation_group(message_id),
+            TokenPayload(type="gen.token", message=message_id, text=text, index=index, offset=offset))
 
 
 def publish_done(message_id: int, *, status: str, finish_reason: str, content: str, usage: dict) -> None:
     publish(
         generation_group(message_id),
-        DonePayload(type="gen.done", status=status, finish_reason=finish_reason, content=content, usage=usage),
+        DonePayload(type="gen.done", message=message_id, status=status, finish_reason=finish_reason, content=content,
+                    usage=usage),
     )
 
 
 def publish_error(message_id: int, *, error: str) -> None:
-    publish(generation_group(message_id), ErrorPayload(type="gen.error", error=error))
+    publish(generation_group(message_id), ErrorPayload(type="gen.error", message=message_id, error=error))
 
 
 def publish_conversation(user_id: int, *, conversation_id: int, title: str) -> None:

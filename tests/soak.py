@@ -5,7 +5,8 @@ Starts daphne and a `celery worker` process on a fresh PostgreSQL database and R
 and has each chat over its own WebSocket for DURATION seconds: send, wait for the end, pause
 0.5-2 s, send again. Reports completed / failed / lost and the time to first token; a reply is
 lost when its socket got no end within TIMEOUT, or its row is not finished a while after the
-run. Exits 1 if any is lost.
+run; failed when the server answered a send with an error (`errors` counts them by code and
+text: nothing these users do should be refused). Exits 1 if any is lost or failed.
 
     .venv/bin/python -m tests.soak [--users 200] [--duration 180]
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import random
 import statistics
@@ -89,14 +91,15 @@ def main() -> int:
     completed = sum(user["completed"] for user in results)
     failed = sum(user["failed"] for user in results)
     lost = sum(user["lost"] for user in results) + unfinished
+    errors = sum((user["errors"] for user in results), collections.Counter())
     report = {
         "users": args.users, "duration_s": args.duration, "completed": completed, "failed": failed, "lost": lost,
-        "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
+        "errors": dict(errors.most_common()), "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
     }
     print(json.dumps(report, indent=2))
-    return 0 if lost == 0 and alive else 1
+    return 0 if lost == 0 and failed == 0 and alive else 1
 
 
 async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
@@ -105,7 +108,7 @@ async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
 
 
 async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
-    result = {"completed": 0, "failed": 0, "lost": 0, "ttft": []}
+    result = {"completed": 0, "failed": 0, "lost": 0, "ttft": [], "errors": collections.Counter()}
     await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
     url = base_url.replace("http://", "ws://") + "/ws/chat/"
     conversation = None
@@ -131,6 +134,7 @@ async def _user(base_url: str, session_key: str, deadline: float, rng: random.Ra
                             break
                         elif frame["type"] == "error":
                             result["failed"] += 1
+                            result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
                             break
                     await asyncio.sleep(rng.uniform(0.5, 2.0))
         except (TimeoutError, websockets.ConnectionClosed, OSError):

@@ -42,6 +42,37 @@ async def test_the_watcher_gives_up_at_its_deadline():
         task.cancel()
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_reply_whose_end_came_from_the_database_is_not_ended_again_by_its_late_frames(make_user, monkeypatch):
+    from channels.db import database_sync_to_async
+
+    from chatsite import api
+    from chatsite.models import Message
+    from tests.chatsite.factories import conversation_with_reply
+
+    monkeypatch.setattr(api, "QUIET_CHECK_S", 0.1)
+    user = make_user()
+    _, _, ended = await database_sync_to_async(conversation_with_reply)(user, reply_text="All of it")
+    _, _, running = await database_sync_to_async(conversation_with_reply)(user, status=Message.Status.STREAMING)
+    watcher = await _Watcher.start([ended.id, running.id])
+    deadline = time.monotonic() + 5
+    index, event = await watcher.next(deadline)  # both silent: the database says the first has ended
+    assert (index, event["type"], event["content"]) == (0, "gen.done", "All of it")
+    completion_tokens = watcher.usage()["completion_tokens"]
+    layer = get_channel_layer()
+    # The worker's own frames for it, late, then the other reply's first.
+    await layer.group_send(generation_group(ended.id), {"type": "gen.token", "message": ended.id, "text": "it", "index": 1})
+    await layer.group_send(generation_group(ended.id), {
+        "type": "gen.done", "message": ended.id, "status": "done", "finish_reason": "stop", "content": "All of it",
+        "usage": {"prompt_tokens": 5, "completion_tokens": 3}})
+    await layer.group_send(generation_group(running.id), {"type": "gen.token", "message": running.id, "text": "Hi", "index": 0})
+    assert await watcher.next(deadline) == (1, {"type": "gen.token", "message": running.id, "text": "Hi", "index": 0})
+    assert watcher.unfinished == {running.id}
+    assert watcher.usage()["completion_tokens"] == completion_tokens
+    await watcher.close(user=None)
+
+
 @pytest.fixture
 def api_key(make_user):
     from billing.api_keys import api_key_create

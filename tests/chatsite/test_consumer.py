@@ -170,6 +170,33 @@ async def test_sending_in_a_conversation_whose_answer_is_being_written_is_refuse
         await socket_.disconnect()
 
 
+async def test_a_late_frame_of_the_reply_followed_before_is_not_taken_for_the_new_one(make_user, slow_engine):
+    """A socket whose reply's end it read from the database (the worker's end frame was slow)
+    may still find that reply's frames in its channel once it follows the next reply."""
+    from channels.layers import get_channel_layer
+
+    from chatsite.publisher import generation_group
+
+    user = make_user()
+    conversation, _, before = await database_sync_to_async(conversation_with_reply)(user, reply_text="The old answer")
+    communicator = await open_socket(user)
+    created = await send(communicator, {"type": "send", "conversation": conversation.id, "content": "And now?"})
+    assert (await receive(communicator))["type"] == "token"
+    layer = get_channel_layer()
+    (channel,) = layer.groups[generation_group(created["message"]["id"])]
+    await layer.send(channel, {"type": "gen.token", "message": before.id, "text": " old", "index": 3, "offset": 10})
+    await layer.send(channel, {"type": "gen.done", "message": before.id, "status": "done", "finish_reason": "stop",
+                               "content": "The old answer", "usage": {}})
+    await asyncio.sleep(0.3)  # the socket has taken both from its channel
+    await communicator.send_json_to({"type": "stop"})
+    frames = await until_end(communicator)
+    assert frames[-1]["type"] == "done" and frames[-1]["status"] == "stopped"
+    assert all(frame["message"] == created["message"]["id"] and "old" not in frame.get("text", "") for frame in frames)
+    reply = await Message.objects.aget(id=created["message"]["id"])
+    assert reply.status == "stopped" and frames[-1]["content"] == reply.content
+    await communicator.disconnect()
+
+
 async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine):
     communicator = await open_socket(make_user())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
