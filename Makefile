@@ -58,7 +58,8 @@ fuzz: setup-test
 	$(BIN)/python -m tests.fuzz
 
 # 200 socket users chatting for 3 minutes against daphne + a celery worker on PostgreSQL and
-# Redis (127.0.0.1); fails if a reply is lost or a send refused.
+# Redis (127.0.0.1); fails if a reply is lost or a send refused. `python -m tests.soak --embedded`
+# soaks the `make run` set-up instead.
 soak: setup-test
 	$(BIN)/python -m tests.soak --users 200 --duration 180
 

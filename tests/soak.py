@@ -1,14 +1,15 @@
-"""`make soak`: many socket users chatting for minutes against the distributed set-up.
+"""`make soak`: many socket users chatting for minutes against the distributed set-up, or
+with `--embedded` against the `make run` one.
 
 Starts daphne and a `celery worker` process on a fresh PostgreSQL database and Redis (database
-14), with the tiny model (`--real-model` for SmolLM2), creates USERS accounts with sessions,
+14), or `--embedded` the server alone (its worker in-process, SQLite), with the tiny model (`--real-model` for SmolLM2), creates USERS accounts with sessions,
 and has each chat over its own WebSocket for DURATION seconds: send, wait for the end, pause
 0.5-2 s, send again. Reports completed / failed / lost and the time to first token; a reply is
 lost when its socket got no end within TIMEOUT, or its row is not finished a while after the
 run; failed when the server answered a send with an error (`errors` counts them by code and
 text: nothing these users do should be refused). Exits 1 if any is lost or failed.
 
-    .venv/bin/python -m tests.soak [--users 200] [--duration 180]
+    .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--real-model]
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import asyncio
 import collections
 import json
 import random
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -63,43 +65,55 @@ def main() -> int:
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--duration", type=float, default=180.0)
     parser.add_argument("--real-model", action="store_true", help="SmolLM2 instead of the tiny random model")
+    parser.add_argument("--embedded", action="store_true",
+                        help="the `make run` set-up instead: one server process with its worker, SQLite")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="chatsite-soak-"))
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    with fresh_database("chatsite_soak") as database_url:
-        env = server_env(
-            DATABASE_URL=database_url, REDIS_URL=REDIS_URL, DJANGO_SECRET_KEY="soak-" + uuid.uuid4().hex,
-            CHATSITE_DATA_DIR=str(folder), FREE_MESSAGES_PER_WINDOW="100000", FREE_MAX_OUTPUT_TOKENS="64",
-            CHAT_MAX_RUNNING="64", LOG_LEVEL="WARNING",
-        )
-        if not args.real_model:
-            env.update(CHAT_MODEL=str(build_tiny_model(folder / "model")), CHAT_DTYPE="fp32")
-        manage(env, "migrate", "--noinput")
-        keys = json.loads(_shell(env, CREATE_SESSIONS.replace("{users}", str(args.users))))
-        worker = celery_worker(env, folder)
-        server = Daphne(env, folder)
-        try:
-            print(f"{args.users} users chatting for {args.duration:.0f} s against {server.url} ...", flush=True)
-            results = asyncio.run(_run(server.url, keys, args.duration))
-            unfinished = _settle(database_url)
-            alive = worker.popen.poll() is None and server.popen.poll() is None
-        finally:
-            server.stop()
-            worker.stop()
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = server_env(
+        CHATSITE_DATA_DIR=str(folder), FREE_MESSAGES_PER_WINDOW="100000", FREE_MAX_OUTPUT_TOKENS="64",
+        CHAT_MAX_RUNNING="64", LOG_LEVEL="WARNING",
+    )
+    if not args.real_model:
+        env.update(CHAT_MODEL=str(build_tiny_model(folder / "model")), CHAT_DTYPE="fp32")
+    if args.embedded:
+        report = _soak(env, folder, args, connect=lambda: sqlite3.connect(folder / "db.sqlite3"), worker=False)
+    else:
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        with fresh_database("chatsite_soak") as database_url:
+            env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_URL, DJANGO_SECRET_KEY="soak-" + uuid.uuid4().hex)
+            report = _soak(env, folder, args, connect=lambda: psycopg.connect(database_url), worker=True)
+        redis.Redis.from_url(REDIS_URL).flushdb()
+    print(json.dumps(report, indent=2))
+    return 0 if report["lost"] == 0 and report["failed"] == 0 and report["processes_alive"] else 1
+
+
+def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
+    """Run the users against a fresh server (and a `celery worker` where `worker`); the report.
+    `connect()` opens a connection to the server's database."""
+    manage(env, "migrate", "--noinput")
+    keys = json.loads(_shell(env, CREATE_SESSIONS.replace("{users}", str(args.users))))
+    processes = [celery_worker(env, folder, concurrency=None)] if worker else []  # as `make worker` runs it
+    server = Daphne(env, folder)
+    processes.append(server)
+    try:
+        print(f"{args.users} users chatting for {args.duration:.0f} s against {server.url} "
+              f"({'distributed' if worker else 'embedded'}) ...", flush=True)
+        results = asyncio.run(_run(server.url, keys, args.duration))
+        unfinished = _settle(connect)
+        alive = all(process.popen.poll() is None for process in processes)
+    finally:
+        for process in reversed(processes):
+            process.stop()
     ttfts = sorted(t for user in results for t in user["ttft"])
-    completed = sum(user["completed"] for user in results)
-    failed = sum(user["failed"] for user in results)
-    lost = sum(user["lost"] for user in results) + unfinished
     errors = sum((user["errors"] for user in results), collections.Counter())
-    report = {
-        "users": args.users, "duration_s": args.duration, "completed": completed, "failed": failed, "lost": lost,
-        "errors": dict(errors.most_common()), "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
+    return {
+        "users": args.users, "duration_s": args.duration, "mode": "distributed" if worker else "embedded",
+        "completed": sum(user["completed"] for user in results), "failed": sum(user["failed"] for user in results),
+        "lost": sum(user["lost"] for user in results) + unfinished, "errors": dict(errors.most_common()),
+        "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
     }
-    print(json.dumps(report, indent=2))
-    return 0 if lost == 0 and failed == 0 and alive else 1
 
 
 async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
@@ -142,14 +156,17 @@ async def _user(base_url: str, session_key: str, deadline: float, rng: random.Ra
     return result
 
 
-def _settle(database_url: str) -> int:
+def _settle(connect) -> int:
     """Replies still unfinished once the workers have had SETTLE_S to end them."""
     deadline = time.monotonic() + SETTLE_S
     while True:
-        with psycopg.connect(database_url) as connection:
+        connection = connect()
+        try:
             unfinished = connection.execute(
                 "SELECT count(*) FROM chatsite_message WHERE role = 'assistant' AND status IN ('pending', 'streaming')"
             ).fetchone()[0]
+        finally:
+            connection.close()
         if unfinished == 0 or time.monotonic() > deadline:
             return unfinished
         time.sleep(1)

@@ -148,12 +148,16 @@ class Daphne(Process):
 WORKER_READY = r"celery@\S+ ready"
 
 
-def celery_worker(env: dict[str, str], log_dir: Path, name: str = "celery", *, wait: bool = True) -> Process:
+def celery_worker(env: dict[str, str], log_dir: Path, name: str = "celery", *, wait: bool = True,
+                  concurrency: int | None = 4) -> Process:
     """A `celery worker` process; with `wait`, once it is ready (else the caller waits for
-    WORKER_READY in its log, having started other processes meanwhile: each is seconds of imports)."""
+    WORKER_READY in its log, having started other processes meanwhile: each is seconds of imports).
+    `concurrency`: its task threads; None: as `make worker` runs it (the settings' default,
+    twice CHAT_MAX_RUNNING)."""
+    threads = ["--concurrency", str(concurrency)] if concurrency is not None else []
     worker = Process(
         name,
-        [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", "--concurrency", "4", "--loglevel", "INFO"],
+        [str(BIN / "celery"), "-A", "chatsite", "worker", "-Q", "plus,free", *threads, "--loglevel", "INFO"],
         env,
         log_dir,
     )
