@@ -101,14 +101,19 @@ class Scheduler:
         self._order.pop(request.id, None)
 
     def take_cancelled(self) -> list[Request]:
-        """Remove and return every request, waiting or running, whose cancel was asked for."""
+        """Remove and return every request, waiting or running, whose cancel was asked for.
+        A cancel comes from another thread at any moment (`Request.cancel` takes no lock): the
+        flag is read once per request, and what is removed is exactly what is returned. One
+        read again for the removal could drop a request cancelled in between from the queues
+        without returning it, and nobody would end it."""
         cancelled = [request for request in self.running if request.cancel_requested]
         cancelled += [entry[2] for entry in self._waiting if entry[2].cancel_requested]
-        for request in cancelled:
-            self._order.pop(request.id, None)
         if cancelled:
-            self.running = [request for request in self.running if not request.cancel_requested]
-            self._waiting = [entry for entry in self._waiting if not entry[2].cancel_requested]
+            taken = {request.id for request in cancelled}
+            for request_id in taken:
+                self._order.pop(request_id, None)
+            self.running = [request for request in self.running if request.id not in taken]
+            self._waiting = [entry for entry in self._waiting if entry[2].id not in taken]
             heapq.heapify(self._waiting)
         return cancelled
 

@@ -84,7 +84,8 @@ def main() -> int:
             report = _soak(env, folder, args, connect=lambda: psycopg.connect(database_url), worker=True)
         redis.Redis.from_url(REDIS_URL).flushdb()
     print(json.dumps(report, indent=2))
-    return 0 if report["lost"] == 0 and report["failed"] == 0 and report["processes_alive"] else 1
+    ok = report["lost"] == 0 and report["failed"] == 0 and report["garbled"] == 0 and report["processes_alive"]
+    return 0 if ok else 1
 
 
 def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
@@ -106,10 +107,14 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
             process.stop()
     ttfts = sorted(t for user in results for t in user["ttft"])
     errors = sum((user["errors"] for user in results), collections.Counter())
+    turns = sum((user["turns"] for user in results), collections.Counter())
+    ends = sum((user["ends"] for user in results), collections.Counter())
     return {
         "users": args.users, "duration_s": args.duration, "mode": "distributed" if worker else "embedded",
+        "turns": dict(turns.most_common()), "ends": dict(sorted(ends.items())),
         "completed": sum(user["completed"] for user in results), "failed": sum(user["failed"] for user in results),
         "lost": sum(user["lost"] for user in results) + unfinished, "errors": dict(errors.most_common()),
+        "garbled": sum(user["garbled"] for user in results), "rewatched": sum(user["rewatched"] for user in results),
         "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
@@ -121,39 +126,86 @@ async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
     return await asyncio.gather(*(_user(base_url, key, deadline, random.Random(n)) for n, key in enumerate(keys)))
 
 
+# What a user does each turn, and how often: send and read the answer to its end; send and
+# stop the answer at its first text; ask for another answer to the last question; send and
+# reload at the first text (a new socket that resumes the reply from what the page has).
+TURNS = {"send": 6, "stop": 1.5, "regenerate": 1, "reload": 1.5}
+
+
 async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
-    result = {"completed": 0, "failed": 0, "lost": 0, "ttft": [], "errors": collections.Counter()}
+    result = {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "ttft": [],
+              "errors": collections.Counter(), "turns": collections.Counter(), "ends": collections.Counter()}
     await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
-    url = base_url.replace("http://", "ws://") + "/ws/chat/"
-    conversation = None
+    chat = {"conversation": None, "reply": None}
     while time.monotonic() < deadline:
+        socket_ = None
         try:
-            async with websockets.connect(url, additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url},
-                                          open_timeout=60) as socket_:
-                while time.monotonic() < deadline:
-                    sent = time.monotonic()
-                    await socket_.send(json.dumps({"type": "send", "conversation": conversation,
-                                                   "content": f"Tell me something, {rng.randrange(10**6)}"}))
-                    first_token = None
-                    while True:
-                        frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
-                        if frame["type"] == "message.created":
-                            conversation = frame["conversation"]["id"]
-                        elif frame["type"] == "token" and first_token is None:
-                            first_token = time.monotonic() - sent
-                        elif frame["type"] == "done":
-                            result["completed"] += 1
-                            if first_token is not None:
-                                result["ttft"].append(first_token)
-                            break
-                        elif frame["type"] == "error":
-                            result["failed"] += 1
-                            result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
-                            break
-                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+            socket_ = await _connect(base_url, session_key)
+            while time.monotonic() < deadline:
+                kinds = [kind for kind in TURNS if chat["reply"] or kind != "regenerate"]
+                kind = rng.choices(kinds, [TURNS[kind] for kind in kinds])[0]
+                result["turns"][kind] += 1
+                socket_ = await _turn(socket_, kind, chat, result, rng, base_url, session_key)
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
         except (TimeoutError, websockets.ConnectionClosed, OSError):
             result["lost"] += 1
+        finally:
+            if socket_ is not None:
+                await socket_.close()
     return result
+
+
+async def _connect(base_url: str, session_key: str):
+    return await websockets.connect(base_url.replace("http://", "ws://") + "/ws/chat/", open_timeout=60,
+                                    additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url})
+
+
+async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, base_url: str, session_key: str):
+    """One turn of `kind`, to the reply's end; returns the socket to go on with (a reload opens
+    a new one). The text assembled from the token frames, by their offsets as the page does,
+    must equal the end's `content`: else the turn is `garbled`."""
+    sent = time.monotonic()
+    if kind == "regenerate":
+        await socket_.send(json.dumps({"type": "regenerate", "message": chat["reply"]}))
+    else:
+        await socket_.send(json.dumps({"type": "send", "conversation": chat["conversation"],
+                                       "content": f"Tell me something, {rng.randrange(10**6)}"}))
+    reply, text, first_token = None, "", None
+    while True:
+        frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
+        if frame["type"] == "message.created":
+            chat["conversation"], reply = frame["conversation"]["id"], frame["message"]["id"]
+        elif frame["type"] == "token":
+            offset = frame["offset"]
+            if frame["message"] != reply or text[offset:offset + len(frame["text"])] != frame["text"][:len(text) - offset]:
+                result["garbled"] += 1
+            if offset > len(text):  # a frame was missed (dropped while the layer was slow): resume, as the page does
+                result["rewatched"] += 1
+                await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"], "message": reply,
+                                               "offset": len(text)}))
+                continue
+            text = max(text, text[:offset] + frame["text"], key=len)
+            if first_token is None:
+                first_token = time.monotonic() - sent
+                result["ttft"].append(first_token)
+                if kind == "stop":
+                    await socket_.send(json.dumps({"type": "stop", "message": reply}))
+                elif kind == "reload":
+                    await socket_.close()
+                    socket_ = await _connect(base_url, session_key)
+                    await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"],
+                                                   "message": reply, "offset": len(text)}))
+        elif frame["type"] == "done":
+            result["completed"] += 1
+            result["ends"][f"{kind}: {frame['status']}"] += 1
+            if frame["message"] != reply or frame["content"] != text:
+                result["garbled"] += 1
+            chat["reply"] = reply
+            return socket_
+        elif frame["type"] == "error":
+            result["failed"] += 1
+            result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
+            return socket_
 
 
 def _settle(connect) -> int:

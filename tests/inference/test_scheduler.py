@@ -121,3 +121,32 @@ def test_outranking_takes_free_slots_only_for_requests_above_every_running_prior
     assert scheduler.outranking() == []  # a Free arrival waits for the step, room or not
     scheduler.add(plus)
     assert scheduler.outranking() == [plus]
+
+
+class CancelledWhileLooked(Request):
+    """A request whose cancel arrives from another thread just after the scheduler first
+    looked at it: the flag reads False once, then True."""
+
+    looks = 0
+
+    @property
+    def cancel_requested(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+
+def test_a_cancel_that_arrives_while_the_cancelled_are_taken_neither_loses_the_request_nor_takes_it_twice():
+    scheduler = Scheduler(max_running=4, max_kv_tokens=1000)
+    stopped = request()
+    running = CancelledWhileLooked(prompt_ids=[1, 2, 3], params=SamplingParams())
+    waiting = CancelledWhileLooked(prompt_ids=[1, 2, 3], params=SamplingParams())
+    for r in (stopped, running):
+        scheduler.add(r)
+    scheduler.schedule()
+    scheduler.add(waiting)
+    scheduler.max_running = 2  # `waiting` stays in the queue
+    stopped.cancel()
+    assert scheduler.take_cancelled() == [stopped]  # the other two were not cancelled yet when it looked
+    assert scheduler.running == [running] and scheduler.waiting == [waiting]  # still there, so still ended later
+    assert set(scheduler.take_cancelled()) == {running, waiting}
+    assert scheduler.running == [] and scheduler.waiting == []
