@@ -53,8 +53,8 @@ def reply_generate(*, message_id: int) -> None:
     try:
         _generate(reply, owner, branch)
     except EngineShuttingDown:
-        live_clear(reply.id)  # as _finish does for a shutdown: this process streams it no more
         lease_release(message_id=reply.id, owner=owner, content=reply.content)
+        live_clear(reply.id)  # as _finish does for a shutdown: this process streams it no more
     except Exception:
         logger.exception("generating message %s failed", message_id)
         _fail(reply, owner, "The model could not answer. Please try again.")
@@ -292,10 +292,13 @@ def _chat_messages(branch: list[Message]) -> list[dict[str, str]]:
 
 
 def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carried: Carried = Carried()) -> None:
-    live_clear(reply.id)
+    # The live text goes once the row holds the whole answer, not before: a page resuming in
+    # between would be sent the row's last periodic save, while the final frames went out
+    # before it listened. Nor where another worker took the reply over: the text is its own.
     if finish.status is RequestStatus.STOPPED and finish.reason == "shutdown":
         # This worker is going away, not the answer: another worker continues it.
         lease_release(message_id=reply.id, owner=owner, content=content)
+        live_clear(reply.id)
         return
     usage = finish.usage
     status = finish.status.value
@@ -323,6 +326,7 @@ def _finish(reply: Message, owner: str, content: str, finish: FinishEvent, carri
     if not _end(_End(reply_id=reply.id, owner=owner, columns=columns, record=record)):
         logger.warning("lost the lease on message %s before saving its end; the new owner saves it", reply.id)
         return
+    live_clear(reply.id)
     metrics.usage_observe(record)
     if status == Message.Status.FAILED:  # its text so far is saved; the reader is told it failed
         publisher.publish_error(reply.id, error=error)
@@ -365,9 +369,9 @@ def _ends_save(ends: list[_End]) -> list[bool]:
 
 
 def _fail(reply: Message, owner: str, error: str) -> None:
-    live_clear(reply.id)
-    Message.objects.filter(id=reply.id, lease_owner=owner).update(
+    if Message.objects.filter(id=reply.id, lease_owner=owner).update(
         status=Message.Status.FAILED, error=error, finish_reason="error", lease_owner="", lease_expires_at=None,
         updated_at=timezone.now(),
-    )
+    ):
+        live_clear(reply.id)  # as in _finish: once the row has ended, and only where it was this worker's
     publisher.publish_error(reply.id, error=error)

@@ -298,3 +298,26 @@ def test_the_stop_watcher_reads_new_replies_flags_and_all_flags_after_a_stop_any
         assert (early.cancels, running.cancels) == (["stop"], ["stop"])  # each told once
     assert streams.count == 0
     cache.delete_many([stop_key(9001), stop_key(9002)])
+
+
+def test_a_page_resuming_while_the_end_is_saved_is_sent_the_whole_answer(make_user, monkeypatch):
+    """Between a reply's last frame and its end in the database, the row still says streaming
+    with the last periodic save: what a resume sends then is the live text, which must still
+    hold everything (the last frames went out before that page listened)."""
+    from chatsite import generation
+    from chatsite.live import live_text
+
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
+    seen_while_saving = []
+    end = generation._end
+
+    def saving(item):
+        seen_while_saving.append((live_text(item.reply_id, ""), item.columns["content"]))
+        return end(item)
+
+    monkeypatch.setattr(generation, "_end", saving)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "done" and reply.content
+    assert seen_while_saving == [(reply.content, reply.content)]
+    assert live_text(reply.id, "") == ""  # gone once the row has it
