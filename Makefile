@@ -57,8 +57,9 @@ test: setup-test
 fuzz: setup-test
 	$(BIN)/python -m tests.fuzz
 
-# 200 socket users chatting for 3 minutes against daphne + a celery worker on PostgreSQL and
-# Redis (127.0.0.1); fails if a reply is lost or a send refused. `python -m tests.soak --embedded`
+# 200 socket users chatting for 3 minutes (sending, stopping, regenerating, reloading) against
+# daphne + a celery worker on PostgreSQL and Redis (127.0.0.1); fails if a reply is lost, a send
+# refused or a streamed text differs from the saved one. `python -m tests.soak --embedded`
 # soaks the `make run` set-up instead.
 soak: setup-test
 	$(BIN)/python -m tests.soak --users 200 --duration 180

@@ -1,13 +1,17 @@
 """`make soak`: many socket users chatting for minutes against the distributed set-up, or
 with `--embedded` against the `make run` one.
 
-Starts daphne and a `celery worker` process on a fresh PostgreSQL database and Redis (database
-14), or `--embedded` the server alone (its worker in-process, SQLite), with the tiny model (`--real-model` for SmolLM2), creates USERS accounts with sessions,
-and has each chat over its own WebSocket for DURATION seconds: send, wait for the end, pause
-0.5-2 s, send again. Reports completed / failed / lost and the time to first token; a reply is
-lost when its socket got no end within TIMEOUT, or its row is not finished a while after the
-run; failed when the server answered a send with an error (`errors` counts them by code and
-text: nothing these users do should be refused). Exits 1 if any is lost or failed.
+Starts daphne and a `celery worker` process (as `make worker` runs it) on a fresh PostgreSQL
+database and Redis (database 14), or `--embedded` the server alone (its worker in-process,
+SQLite), with the tiny model (`--real-model` for SmolLM2); creates USERS accounts with
+sessions, and has each chat over its own WebSocket for DURATION seconds, one turn after
+another with a pause of 0.5-2 s (TURNS: send and read to the end; send and stop; regenerate;
+send and reload mid-answer, resuming on a new socket). Reports the turns, how their answers
+ended, and the time to first token. A turn is lost when its socket got no end within TIMEOUT
+(or its row is not finished a while after the run); failed when the server answered with an
+error (`errors` counts them by code and text: nothing these users do should be refused);
+garbled when the text assembled from its token frames, by their offsets as the page does, is
+not the end's `content`. Exits 1 if any turn is lost, failed or garbled.
 
     .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--real-model]
 """
