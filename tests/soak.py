@@ -11,9 +11,10 @@ ended, and the time to first token. A turn is lost when its socket got no end wi
 (or its row is not finished a while after the run); failed when the server answered with an
 error (`errors` counts them by code and text: nothing these users do should be refused);
 garbled when the text assembled from its token frames, by their offsets as the page does, is
-not the end's `content`. Exits 1 if any turn is lost, failed or garbled.
+not the end's `content`. Exits 1 if any turn is lost, failed or garbled, or a server
+process logged a traceback.
 
-    .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--real-model]
+    .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--real-model] [--set VAR=value]
 """
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ def main() -> int:
     parser.add_argument("--real-model", action="store_true", help="SmolLM2 instead of the tiny random model")
     parser.add_argument("--embedded", action="store_true",
                         help="the `make run` set-up instead: one server process with its worker, SQLite")
+    parser.add_argument("--set", action="append", default=[], metavar="VAR=value",
+                        help="a server setting, e.g. CHAT_RUNNER=gpu (repeatable)")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="chatsite-soak-"))
     env = server_env(
@@ -79,6 +82,7 @@ def main() -> int:
     )
     if not args.real_model:
         env.update(CHAT_MODEL=str(build_tiny_model(folder / "model")), CHAT_DTYPE="fp32")
+    env.update(item.split("=", 1) for item in args.set)
     if args.embedded:
         report = _soak(env, folder, args, connect=lambda: sqlite3.connect(folder / "db.sqlite3"), worker=False)
     else:
@@ -88,7 +92,8 @@ def main() -> int:
             report = _soak(env, folder, args, connect=lambda: psycopg.connect(database_url), worker=True)
         redis.Redis.from_url(REDIS_URL).flushdb()
     print(json.dumps(report, indent=2))
-    ok = report["lost"] == 0 and report["failed"] == 0 and report["garbled"] == 0 and report["processes_alive"]
+    ok = (report["lost"] == 0 and report["failed"] == 0 and report["garbled"] == 0
+          and report["tracebacks_in_the_logs"] == 0 and report["processes_alive"])
     return 0 if ok else 1
 
 
@@ -109,6 +114,7 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
     finally:
         for process in reversed(processes):
             process.stop()
+    tracebacks = sum(process.log().count("Traceback (most recent call last)") for process in processes)
     ttfts = sorted(t for user in results for t in user["ttft"])
     errors = sum((user["errors"] for user in results), collections.Counter())
     turns = sum((user["turns"] for user in results), collections.Counter())
@@ -119,7 +125,7 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
         "completed": sum(user["completed"] for user in results), "failed": sum(user["failed"] for user in results),
         "lost": sum(user["lost"] for user in results) + unfinished, "errors": dict(errors.most_common()),
         "garbled": sum(user["garbled"] for user in results), "rewatched": sum(user["rewatched"] for user in results),
-        "unfinished_rows_after_the_run": unfinished, "processes_alive": alive,
+        "unfinished_rows_after_the_run": unfinished, "tracebacks_in_the_logs": tracebacks, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
     }
