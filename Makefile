@@ -60,7 +60,7 @@ fuzz: setup-test
 # 200 socket users chatting for 3 minutes (sending, stopping, regenerating, reloading) against
 # daphne + a celery worker on PostgreSQL and Redis (127.0.0.1); fails if a reply is lost, a send
 # refused or a streamed text differs from the saved one. `python -m tests.soak --embedded`
-# soaks the `make run` set-up instead.
+# soaks the `make run` set-up instead, `--api` the /v1/ API.
 soak: setup-test
 	$(BIN)/python -m tests.soak --users 200 --duration 180
 

@@ -14,7 +14,7 @@ garbled when the text assembled from its token frames, by their offsets as the p
 not the end's `content`. Exits 1 if any turn is lost, failed or garbled, or a server
 process logged a traceback.
 
-    .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--real-model] [--set VAR=value]
+    .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--api] [--real-model] [--set VAR=value]
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 import psycopg
 import redis
 import websockets
@@ -64,6 +65,16 @@ for user in User.objects.filter(username__startswith="soak").order_by("id"):
 print(json.dumps(keys))
 """
 
+# Creates the users and an API key for each (`--api`), printing the keys.
+CREATE_API_KEYS = """
+import json
+from django.contrib.auth import get_user_model
+from billing.api_keys import api_key_create
+User = get_user_model()
+users = User.objects.bulk_create([User(username=f"soak{n}") for n in range({users})])
+print(json.dumps([api_key_create(user=user, name="soak")[1] for user in User.objects.filter(username__startswith="soak")]))
+"""
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +83,8 @@ def main() -> int:
     parser.add_argument("--real-model", action="store_true", help="SmolLM2 instead of the tiny random model")
     parser.add_argument("--embedded", action="store_true",
                         help="the `make run` set-up instead: one server process with its worker, SQLite")
+    parser.add_argument("--api", action="store_true",
+                        help="API clients instead: streamed /v1/chat/completions, a third leaving at the first chunk")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value",
                         help="a server setting, e.g. CHAT_RUNNER=gpu (repeatable)")
     args = parser.parse_args()
@@ -101,14 +114,14 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
     """Run the users against a fresh server (and a `celery worker` where `worker`); the report.
     `connect()` opens a connection to the server's database."""
     manage(env, "migrate", "--noinput")
-    keys = json.loads(_shell(env, CREATE_SESSIONS.replace("{users}", str(args.users))))
+    keys = json.loads(_shell(env, (CREATE_API_KEYS if args.api else CREATE_SESSIONS).replace("{users}", str(args.users))))
     processes = [celery_worker(env, folder, concurrency=None)] if worker else []  # as `make worker` runs it
     server = Daphne(env, folder)
     processes.append(server)
     try:
-        print(f"{args.users} users chatting for {args.duration:.0f} s against {server.url} "
-              f"({'distributed' if worker else 'embedded'}) ...", flush=True)
-        results = asyncio.run(_run(server.url, keys, args.duration))
+        print(f"{args.users} {'API clients' if args.api else 'users'} chatting for {args.duration:.0f} s against "
+              f"{server.url} ({'distributed' if worker else 'embedded'}) ...", flush=True)
+        results = asyncio.run(_run(server.url, keys, args.duration, _api_user if args.api else _user))
         unfinished = _settle(connect)
         alive = all(process.popen.poll() is None for process in processes)
     finally:
@@ -131,9 +144,14 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
     }
 
 
-async def _run(base_url: str, keys: list[str], duration: float) -> list[dict]:
+async def _run(base_url: str, keys: list[str], duration: float, user) -> list[dict]:
     deadline = time.monotonic() + duration
-    return await asyncio.gather(*(_user(base_url, key, deadline, random.Random(n)) for n, key in enumerate(keys)))
+    return await asyncio.gather(*(user(base_url, key, deadline, random.Random(n)) for n, key in enumerate(keys)))
+
+
+def _result() -> dict:
+    return {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "ttft": [],
+            "errors": collections.Counter(), "turns": collections.Counter(), "ends": collections.Counter()}
 
 
 # What a user does each turn, and how often: send and read the answer to its end; send and
@@ -143,8 +161,7 @@ TURNS = {"send": 6, "stop": 1.5, "regenerate": 1, "reload": 1.5}
 
 
 async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
-    result = {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "ttft": [],
-              "errors": collections.Counter(), "turns": collections.Counter(), "ends": collections.Counter()}
+    result = _result()
     await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
     chat = {"conversation": None, "reply": None}
     while time.monotonic() < deadline:
@@ -216,6 +233,60 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
             result["failed"] += 1
             result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
             return socket_
+
+
+# What an API client does each call: read the streamed answer to its end, or leave at its
+# first chunk (which stops the reply: nobody can read it).
+API_TURNS = {"stream": 2, "leave": 1}
+
+
+async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random) -> dict:
+    """Streamed /v1/chat/completions calls, one after another. A call that reads to the end
+    must see its choice's finish_reason and then `[DONE]`, else it is `garbled`."""
+    result = _result()
+    await asyncio.sleep(rng.uniform(0, 5))
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT_S, headers={"Authorization": f"Bearer {key}"}) as http:
+        while time.monotonic() < deadline:
+            kind = rng.choices(list(API_TURNS), list(API_TURNS.values()))[0]
+            result["turns"][kind] += 1
+            body = {"model": "model", "stream": True, "messages": [{"role": "user", "content": f"Hi, {rng.randrange(10**6)}"}]}
+            sent, finish, done, first_text = time.monotonic(), None, False, True
+            try:
+                async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    if response.status_code != 200:
+                        result["failed"] += 1
+                        result["errors"][f"{response.status_code}: {(await response.aread()).decode()[:200]}"] += 1
+                        continue
+                    async for line in response.aiter_lines():
+                        if line == "data: [DONE]":
+                            done = True
+                            break
+                        if not line.startswith("data: "):
+                            continue
+                        chunk = json.loads(line[len("data: "):])
+                        if "error" in chunk:
+                            result["failed"] += 1
+                            result["errors"][f"stream: {chunk['error'].get('message')}"] += 1
+                            break
+                        choice = (chunk.get("choices") or [{}])[0]
+                        if choice.get("delta", {}).get("content") and first_text:
+                            first_text = False
+                            result["ttft"].append(time.monotonic() - sent)
+                            if kind == "leave":
+                                result["ends"]["leave: left"] += 1
+                                break
+                        finish = choice.get("finish_reason") or finish
+            except (httpx.HTTPError, OSError) as error:
+                result["lost"] += 1
+                result["errors"][f"lost: {error!r}"[:200]] += 1
+                continue
+            if kind == "stream" and done:
+                result["completed"] += 1
+                result["ends"][f"stream: {finish}"] += 1
+                if finish is None:
+                    result["garbled"] += 1
+            await asyncio.sleep(rng.uniform(0.1, 0.5))
+    return result
 
 
 def _settle(connect) -> int:
