@@ -71,7 +71,7 @@ import json
 from django.contrib.auth import get_user_model
 from billing.api_keys import api_key_create
 User = get_user_model()
-users = User.objects.bulk_create([User(username=f"soak{n}") for n in range({users})])
+User.objects.bulk_create([User(username=f"soak{n}") for n in range({users})])
 print(json.dumps([api_key_create(user=user, name="soak")[1] for user in User.objects.filter(username__startswith="soak")]))
 """
 
@@ -129,15 +129,12 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
             process.stop()
     tracebacks = sum(process.log().count("Traceback (most recent call last)") for process in processes)
     ttfts = sorted(t for user in results for t in user["ttft"])
-    errors = sum((user["errors"] for user in results), collections.Counter())
-    turns = sum((user["turns"] for user in results), collections.Counter())
-    ends = sum((user["ends"] for user in results), collections.Counter())
+    total = {name: sum(user[name] for user in results) for name in ("completed", "failed", "lost", "garbled", "rewatched")}
+    counted = {name: sum((user[name] for user in results), collections.Counter()) for name in ("turns", "ends", "errors")}
     return {
         "users": args.users, "duration_s": args.duration, "mode": "distributed" if worker else "embedded",
-        "turns": dict(turns.most_common()), "ends": dict(sorted(ends.items())),
-        "completed": sum(user["completed"] for user in results), "failed": sum(user["failed"] for user in results),
-        "lost": sum(user["lost"] for user in results) + unfinished, "errors": dict(errors.most_common()),
-        "garbled": sum(user["garbled"] for user in results), "rewatched": sum(user["rewatched"] for user in results),
+        "turns": dict(counted["turns"].most_common()), "ends": dict(sorted(counted["ends"].items())),
+        **total, "lost": total["lost"] + unfinished, "errors": dict(counted["errors"].most_common()),
         "unfinished_rows_after_the_run": unfinished, "tracebacks_in_the_logs": tracebacks, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
