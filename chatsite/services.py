@@ -128,9 +128,14 @@ def conversation_rename(*, user, conversation_id: int, title: str) -> Conversati
     return conversation
 
 
+@transaction.atomic
 def conversation_delete(*, user, conversation_id: int) -> None:
-    """Delete the conversation and its messages (usage records stay: they are billing's)."""
-    conversation = Conversation.objects.get(id=conversation_id, owner=user, source=Conversation.Source.CHAT)
+    """Delete the conversation and its messages (usage records stay: they are billing's).
+    Locked as a send locks it, so a send racing the delete either lands first (and the
+    delete is refused as busy) or finds the conversation gone."""
+    conversation = Conversation.objects.select_for_update().get(
+        id=conversation_id, owner=user, source=Conversation.Source.CHAT
+    )
     if conversation.messages.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING]).exists():
         raise ConversationBusy("An answer is still being written in this conversation. Stop it first.")
     conversation.delete()

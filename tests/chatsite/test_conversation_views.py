@@ -1,10 +1,14 @@
 """The chat page's plain requests: list, search, rename, delete, branches, export, feedback."""
 import json
+import subprocess
+import sys
 
 import pytest
 
 from chatsite.models import Conversation, Feedback, Message
 from tests.chatsite.factories import conversation_with_reply
+from tests.e2e.servers import ROOT, server_env
+from tests.postgres import fresh_database
 
 pytestmark = pytest.mark.django_db
 
@@ -58,6 +62,23 @@ def test_delete_removes_the_conversation_but_not_while_an_answer_is_written(user
     assert post(user_client, f"/chat/{busy.id}/delete/").status_code == 409
     assert post(user_client, f"/chat/{done.id}/delete/").json() == {"deleted": done.id}
     assert set(Conversation.objects.values_list("id", flat=True)) == {busy.id}
+
+
+@pytest.mark.django_db(False)
+@pytest.mark.distributed
+def test_a_delete_racing_a_send_on_postgresql_is_refused_or_wins_cleanly():
+    """30 rounds of a send and a delete of one conversation at once: either the send lands
+    and the delete is refused as busy, or the conversation is gone and the send finds no
+    conversation. Never a database error (the delete once broke the new message's link)."""
+    with fresh_database("chatsite_delete") as database_url:
+        env = server_env(DATABASE_URL=database_url, DJANGO_SECRET_KEY="delete-race", DJANGO_SETTINGS_MODULE="chatsite.settings")
+        result = subprocess.run([sys.executable, "-m", "tests.chatsite.delete_race", "30"],
+                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcomes = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(outcomes) <= {"send accepted, delete busy, conversation kept",
+                             "send not_found, delete deleted, conversation gone"}, outcomes
+    assert sum(outcomes.values()) == 30
 
 
 def test_someone_elses_conversation_or_message_is_not_found(user_client, make_user):
