@@ -1,5 +1,5 @@
 """A send and a delete of the same conversation, at once, ROUNDS times, each on its own
-database connection; prints what each round came to as JSON. Run by
+database connection; prints what the rounds came to as JSON. Run by
 test_conversation_views.py against a fresh PostgreSQL database:
 `python -m tests.chatsite.delete_race ROUNDS` with DATABASE_URL set."""
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main(rounds: int) -> dict:
 
     from billing.plans import PLUS, plan_get
     from chatsite.models import Conversation, Message
-    from chatsite.services import ConversationBusy, conversation_delete, message_send
+    from chatsite.services import message_send
 
     call_command("migrate", verbosity=0)
     user = get_user_model().objects.create_user(username="racer", password="a-long-Passw0rd!")
@@ -30,44 +30,50 @@ def main(rounds: int) -> dict:
         conversation = message_send(user=user, plan=plan, conversation_id=None, content="first").reply.conversation
         Message.objects.filter(conversation=conversation).update(status=Message.Status.DONE)
         connection.close()
-        start = threading.Barrier(2)
-        results: dict[str, str] = {}
-
-        def send() -> None:
-            start.wait()
-            try:
-                message_send(user=user, plan=plan, conversation_id=conversation.id, content=f"again {number}")
-                results["send"] = "accepted"
-            except Conversation.DoesNotExist:
-                results["send"] = "not_found"
-            except Exception as error:  # reported, so the test shows it
-                results["send"] = f"error: {type(error).__name__}"
-            finally:
-                connection.close()
-
-        def delete() -> None:
-            start.wait()
-            try:
-                conversation_delete(user=user, conversation_id=conversation.id)
-                results["delete"] = "deleted"
-            except ConversationBusy:
-                results["delete"] = "busy"
-            except Conversation.DoesNotExist:
-                results["delete"] = "not_found"
-            except Exception as error:
-                results["delete"] = f"error: {type(error).__name__}"
-            finally:
-                connection.close()
-
-        threads = [threading.Thread(target=send), threading.Thread(target=delete)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        exists = Conversation.objects.filter(id=conversation.id).exists()
-        outcomes[f"send {results['send']}, delete {results['delete']}, conversation {'kept' if exists else 'gone'}"] += 1
+        send, delete = _race(user, plan, conversation.id, f"again {number}")
+        kept = "kept" if Conversation.objects.filter(id=conversation.id).exists() else "gone"
+        outcomes[f"send {send}, delete {delete}, conversation {kept}"] += 1
         connection.close()
     return dict(outcomes)
+
+
+def _race(user, plan, conversation_id: int, content: str) -> tuple[str, str]:
+    """A send and a delete started together on two threads; how each ended."""
+    from django.db import connection
+
+    from chatsite.models import Conversation
+    from chatsite.services import ConversationBusy, conversation_delete, message_send
+
+    start = threading.Barrier(2)
+    results: dict[str, str] = {}
+
+    def attempt(name: str, action) -> None:
+        start.wait()
+        try:
+            results[name] = action()
+        except ConversationBusy:
+            results[name] = "busy"
+        except Conversation.DoesNotExist:
+            results[name] = "not_found"
+        except Exception as error:  # reported, so the test shows it
+            results[name] = f"error: {type(error).__name__}"
+        finally:
+            connection.close()
+
+    def send() -> str:
+        message_send(user=user, plan=plan, conversation_id=conversation_id, content=content)
+        return "accepted"
+
+    def delete() -> str:
+        conversation_delete(user=user, conversation_id=conversation_id)
+        return "deleted"
+
+    threads = [threading.Thread(target=attempt, args=("send", send)), threading.Thread(target=attempt, args=("delete", delete))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results["send"], results["delete"]
 
 
 if __name__ == "__main__":
