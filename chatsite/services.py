@@ -25,7 +25,8 @@ STOP_KEY_TTL_S = 3600
 @dataclass(frozen=True)
 class Turn:
     """What a send, an edit, a regeneration or a continuation did: the question and the pending
-    reply, the quota after counting it, and what `turn_withdraw` needs to undo it."""
+    reply (its conversation loaded: the socket builds its frames in async code, where a lazy
+    load is refused), the quota after counting it, and what `turn_withdraw` needs to undo it."""
 
     question: Message
     reply: Message
@@ -103,7 +104,7 @@ def reply_continue(*, user, plan: Plan, message_id: int) -> Turn:
     )
     conversation.current_id = _latest_leaf(reply).id
     conversation.save(update_fields=["current", "updated_at"])
-    reply.refresh_from_db()
+    reply = Message.objects.select_related("conversation").get(id=reply.id)  # the socket reads its conversation
     return Turn(Message.objects.get(id=reply.parent_id), reply, quota, (), previous, continued=True)
 
 

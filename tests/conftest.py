@@ -1,15 +1,11 @@
 """Shared fixtures: a tiny model for fast generation, users, and the process's engine."""
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
 from tests.tiny_model import build_tiny_model
-
-# Sync Playwright and the ORM share the test process; the servers under test never get this.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import HttpCommunicator
 
@@ -52,7 +53,7 @@ async def test_a_reply_whose_end_came_from_the_database_is_not_ended_again_by_it
     from tests.chatsite.factories import conversation_with_reply
 
     monkeypatch.setattr(api, "QUIET_CHECK_S", 0.1)
-    user = make_user()
+    user = await sync_to_async(make_user)()
     _, _, ended = await database_sync_to_async(conversation_with_reply)(user, reply_text="All of it")
     _, _, running = await database_sync_to_async(conversation_with_reply)(user, status=Message.Status.STREAMING)
     watcher = await _Watcher.start([ended.id, running.id])
@@ -167,8 +168,6 @@ async def test_an_error_no_view_expected_is_a_json_500(api_key, monkeypatch):
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_calls_arriving_together_are_each_answered_or_refused_on_their_own(api_key, make_user, settings):
-    from asgiref.sync import sync_to_async
-
     from billing.api_keys import api_key_create
     from chatsite.models import Message
 

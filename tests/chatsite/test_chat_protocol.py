@@ -3,6 +3,7 @@ continue — against the real ASGI app with the embedded worker and the tiny mod
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
 
 from chatsite.models import Conversation, Message
 from tests.chatsite.test_consumer import open_socket, receive, send, until_end
@@ -31,7 +32,7 @@ def assemble(text, frames):
 
 
 async def test_a_reply_resumes_on_a_new_socket_from_the_offset_the_page_has(make_user, slow_engine):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     first = await open_socket(user)
     created = await send(first, {"type": "send", "conversation": None, "content": "Tell me a story"})
     text = assemble("", await tokens_until(first, 5))
@@ -52,12 +53,10 @@ async def test_a_reply_resumes_on_a_new_socket_from_the_offset_the_page_has(make
     ("Hello, world", "Hello, world again and again"),  # it reaches them: carried on by them
 ])
 async def test_a_process_that_missed_a_replys_start_catches_a_page_up_with_a_true_beginning(make_user, saved, caught_up):
-    from asgiref.sync import sync_to_async
-
     from chatsite import live
     from tests.chatsite.factories import conversation_with_reply
 
-    user = make_user()
+    user = await sync_to_async(make_user)()
     conversation, _, reply = await sync_to_async(conversation_with_reply)(
         user, reply_text=saved, status=Message.Status.STREAMING)
     # What a web process that began listening after the reply's first frames holds: the
@@ -74,7 +73,7 @@ async def test_a_process_that_missed_a_replys_start_catches_a_page_up_with_a_tru
 
 
 async def test_watching_a_finished_reply_sends_its_end_at_once(make_user):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     communicator = await open_socket(user)
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Hi"})
     done = (await until_end(communicator))[-1]
@@ -88,7 +87,7 @@ async def test_watching_a_finished_reply_sends_its_end_at_once(make_user):
 
 
 async def test_a_second_tab_on_the_conversation_sees_the_new_message_and_its_stream(make_user):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     tab_a, tab_b = await open_socket(user), await open_socket(user)
     created = await send(tab_a, {"type": "send", "conversation": None, "content": "First"})
     await until_end(tab_a)
@@ -105,7 +104,7 @@ async def test_a_second_tab_on_the_conversation_sees_the_new_message_and_its_str
 
 
 async def test_stop_from_another_tab_ends_the_reply_for_both(make_user, slow_engine):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     tab_a, tab_b = await open_socket(user), await open_socket(user)
     created = await send(tab_a, {"type": "send", "conversation": None, "content": "Long"})
     await tokens_until(tab_a, 2)
@@ -118,7 +117,7 @@ async def test_stop_from_another_tab_ends_the_reply_for_both(make_user, slow_eng
 
 
 async def test_regenerate_writes_a_sibling_answer_shown_from_then_on(make_user):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Hello"})
     first = (await until_end(communicator))[-1]
     again = await send(communicator, {"type": "regenerate", "message": created["message"]["id"]})
@@ -138,7 +137,7 @@ async def test_regenerate_writes_a_sibling_answer_shown_from_then_on(make_user):
 
 
 async def test_edit_resends_a_new_version_of_a_message_beside_the_old_one(make_user):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Helo"})
     await until_end(communicator)
     edited = await send(communicator, {"type": "edit", "message": created["user_message"]["id"], "content": "Hello"})
@@ -153,7 +152,7 @@ async def test_edit_resends_a_new_version_of_a_message_beside_the_old_one(make_u
 
 async def test_continue_extends_an_answer_cut_at_the_cap(make_user, settings):
     settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "max_output_tokens": 8}}
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Count to a hundred"})
     cut = (await until_end(communicator))[-1]
     assert cut["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 8
@@ -171,7 +170,7 @@ async def test_continue_extends_an_answer_cut_at_the_cap(make_user, settings):
 
 
 async def test_only_an_answer_cut_at_its_length_can_be_continued(make_user, slow_engine):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Hi"})
     await tokens_until(communicator, 1)
     await communicator.send_json_to({"type": "stop"})

@@ -3,6 +3,7 @@ the real task on the tiny model."""
 import asyncio
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import Client
@@ -19,15 +20,19 @@ TIMEOUT = 30
 async def open_socket(user=None, origin=b"http://127.0.0.1"):
     headers = [(b"origin", origin)]
     if user is not None:
-        client = Client()
-        client.force_login(user)
-        headers.append((b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode()))
+        headers.append((b"cookie", f"sessionid={await sync_to_async(_session_key)(user)}".encode()))
     communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
     connected, _ = await communicator.connect(timeout=TIMEOUT)
     assert connected
     if user is not None:  # a logged-in socket is told first whether the model is ready
         assert (await communicator.receive_json_from(timeout=TIMEOUT))["type"] == "model"
     return communicator
+
+
+def _session_key(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
 
 
 async def receive(communicator):
@@ -80,7 +85,7 @@ async def test_a_socket_from_a_foreign_origin_is_refused(make_user):
     ],
 )
 async def test_a_bad_frame_gets_an_error_keeps_the_socket_open_and_writes_nothing(make_user, frame, code):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     if isinstance(frame, str):
         await communicator.send_to(text_data=frame)
         reply = await receive(communicator)
@@ -94,8 +99,8 @@ async def test_a_bad_frame_gets_an_error_keeps_the_socket_open_and_writes_nothin
 
 
 async def test_someone_elses_conversation_is_not_found_over_the_socket(make_user):
-    conversation, _, _ = conversation_with_reply(make_user())
-    communicator = await open_socket(make_user())
+    conversation, _, _ = await sync_to_async(conversation_with_reply)(await sync_to_async(make_user)())
+    communicator = await open_socket(await sync_to_async(make_user)())
     reply = await send(communicator, {"type": "send", "conversation": conversation.id, "content": "hi"})
     assert reply["code"] == "not_found"
     assert await Message.objects.acount() == 2
@@ -103,7 +108,7 @@ async def test_someone_elses_conversation_is_not_found_over_the_socket(make_user
 
 
 async def test_a_message_streams_its_reply_and_both_are_saved(make_user):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     communicator = await open_socket(user)
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Hello there"})
     assert created["type"] == "message.created"
@@ -124,7 +129,7 @@ async def test_a_message_streams_its_reply_and_both_are_saved(make_user):
 
 
 async def test_a_second_message_continues_the_conversation(make_user):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     first = await send(communicator, {"type": "send", "conversation": None, "content": "First"})
     await until_end(communicator)
     second = await send(communicator, {"type": "send", "conversation": first["conversation"]["id"], "content": "Second"})
@@ -135,7 +140,7 @@ async def test_a_second_message_continues_the_conversation(make_user):
 
 
 async def test_stop_ends_the_reply_and_keeps_its_partial_text(make_user, slow_engine):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
     first_token = await receive(communicator)
     assert first_token["type"] == "token"
@@ -151,7 +156,7 @@ async def test_stop_ends_the_reply_and_keeps_its_partial_text(make_user, slow_en
 
 
 async def test_sending_in_a_conversation_whose_answer_is_being_written_is_refused(make_user, slow_engine):
-    user = make_user()
+    user = await sync_to_async(make_user)()
     communicator, other_tab = await open_socket(user), await open_socket(user)
     created = await send(communicator, {"type": "send", "conversation": None, "content": "One"})
     while (frame := await receive(communicator))["type"] != "token":
@@ -177,7 +182,7 @@ async def test_a_late_frame_of_the_reply_followed_before_is_not_taken_for_the_ne
 
     from chatsite.publisher import generation_group
 
-    user = make_user()
+    user = await sync_to_async(make_user)()
     conversation, _, before = await database_sync_to_async(conversation_with_reply)(user, reply_text="The old answer")
     communicator = await open_socket(user)
     created = await send(communicator, {"type": "send", "conversation": conversation.id, "content": "And now?"})
@@ -198,7 +203,7 @@ async def test_a_late_frame_of_the_reply_followed_before_is_not_taken_for_the_ne
 
 
 async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
     assert (await receive(communicator))["type"] == "token"
     await communicator.disconnect()
@@ -212,7 +217,7 @@ async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine
 
 async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make_user, settings):
     settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "messages_per_window": 2}}
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     first = await send(communicator, {"type": "send", "conversation": None, "content": "One"})
     assert first["quota"]["plan"] == "free"
     assert (first["quota"]["limit"], first["quota"]["remaining"]) == (2, 1) and first["quota"]["resets_at"]
@@ -230,7 +235,7 @@ async def test_a_message_past_the_quota_gets_rate_limited_and_saves_nothing(make
 
 
 async def test_a_frame_over_the_limit_is_answered_and_the_socket_closed_with_4009(make_user):
-    communicator = await open_socket(make_user())
+    communicator = await open_socket(await sync_to_async(make_user)())
     await communicator.send_to(text_data='{"type": "send", "content": "' + "x" * (256 * 1024) + '"}')
     frame = await receive(communicator)
     assert frame["code"] == "too_large" and "256 KiB" in frame["error"]
