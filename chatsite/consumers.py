@@ -136,6 +136,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("busy", str(busy)) from None
         except services.CannotContinue as refused:
             raise ProtocolError("cannot_continue", str(refused)) from None
+        except services.ServiceUnavailable:
+            raise ProtocolError("unavailable", services.UNAVAILABLE) from None
         except QuotaExceeded as refused:
             await self._send_json(rate_limited_frame(str(refused), refused.retry_after_s, refused.status.as_dict()))
             return

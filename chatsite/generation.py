@@ -103,7 +103,8 @@ def _generate(reply: Message, owner: str, branch: list[Message]) -> None:
         _fail(reply, owner, str(error).capitalize() + ".")
         return
     request = engine.submit(
-        prompt_ids + continued, params, priority=plan.priority, arrival_time=reply.created_at.timestamp()
+        prompt_ids + continued, params, priority=plan.priority,
+        arrival_time=(reply.continued_at or reply.created_at).timestamp(),
     )
     _release_connection()
     with _STREAMS.streaming(reply.id, request):

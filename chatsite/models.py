@@ -71,10 +71,13 @@ class Message(models.Model):
     # `lease_expires_at` is when it may be sent to the queue again, if no worker claimed it.
     lease_owner = models.CharField(max_length=64, blank=True, default="")
     lease_expires_at = models.DateTimeField(null=True, blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)  # claims so far; bounded, so a reply that kills workers ends
+    attempts = models.PositiveSmallIntegerField(default=0)  # claims this round; bounded, so a reply that kills workers ends
     # Completion tokens written before the current round of generation: a reply the user asked
     # to continue after the plan's cap gets a whole cap more, counted from here.
     tokens_before = models.PositiveIntegerField(default=0)
+    # When the user last asked to continue it: its current round's arrival, which its queue
+    # wait and time to first token are measured from (else from `created_at`).
+    continued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

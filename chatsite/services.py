@@ -98,9 +98,16 @@ def reply_continue(*, user, plan: Plan, message_id: int) -> Turn:
     conversation = _conversation_to_extend(user=user, conversation_id=reply.conversation_id)
     previous = conversation.current_id
     quota = quota_consume(user=user, plan=plan)
+    try:
+        # A stop asked for as the answer ended (it was still streaming) left its flag behind:
+        # the new round would be stopped at once.
+        cache.delete(stop_key(reply.id))
+    except Exception as error:  # the cache is Redis in the distributed mode
+        raise ServiceUnavailable(str(error)) from error
+    now = timezone.now()
     Message.objects.filter(id=reply.id).update(
         status=Message.Status.PENDING, finish_reason="", tokens_before=reply.completion_tokens, plan=plan.code,
-        lease_expires_at=pending_lease_expiry(), updated_at=timezone.now(),
+        attempts=0, continued_at=now, lease_expires_at=pending_lease_expiry(now), updated_at=now,
     )
     conversation.current_id = _latest_leaf(reply).id
     conversation.save(update_fields=["current", "updated_at"])

@@ -43,7 +43,7 @@ CHAT_SAVE_EVERY_S = 2.0  # how often partial text is saved while streaming
 CHAT_LEASE_S = env_float("CHAT_LEASE_S", 30.0)
 CHAT_LEASE_SWEEP_S = env_float("CHAT_LEASE_SWEEP_S", 10.0)
 CHAT_QUEUE_LEASE_S = env_float("CHAT_QUEUE_LEASE_S", 60.0)  # a queued reply no worker claimed is sent again
-CHAT_MAX_ATTEMPTS = env_int("CHAT_MAX_ATTEMPTS", 3)  # claims of one reply before it fails
+CHAT_MAX_ATTEMPTS = env_int("CHAT_MAX_ATTEMPTS", 3)  # claims of one reply (per Continue) before it fails
 # After a conversation's first answer, ask the model for a short title (a small extra request
 # at the lowest priority); off: the first message, cut off, stays the title.
 CHAT_MODEL_TITLES = env_bool("CHAT_MODEL_TITLES", True)

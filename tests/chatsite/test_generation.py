@@ -321,3 +321,71 @@ def test_a_page_resuming_while_the_end_is_saved_is_sent_the_whole_answer(make_us
     assert reply.status == "done" and reply.content
     assert seen_while_saving == [(reply.content, reply.content)]
     assert live_text(reply.id, "") == ""  # gone once the row has it
+
+
+@pytest.fixture
+def free_cut_at_8(settings):
+    """Free answers are cut at 8 tokens (the tiny model rarely ends before)."""
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "max_output_tokens": 8}}
+    return plan_get(FREE)
+
+
+def cut_answer(user, plan):
+    _, reply, _ = message_send(user=user, plan=plan, conversation_id=None, content="Count to a hundred")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert (reply.status, reply.finish_reason, reply.completion_tokens) == ("done", "length", 8)
+    return reply
+
+
+def test_an_answer_can_be_continued_again_and_again(make_user, free_cut_at_8, settings):
+    """Each Continue is a round of its own: the claims of earlier rounds do not count towards
+    CHAT_MAX_ATTEMPTS (the fourth round once failed as "could not be finished after 3 tries")."""
+    from chatsite.services import reply_continue
+
+    user = make_user()
+    reply = cut_answer(user, free_cut_at_8)
+    for round_ in range(2, settings.CHAT_MAX_ATTEMPTS + 3):
+        before = reply.content
+        reply_continue(user=user, plan=free_cut_at_8, message_id=reply.id)
+        reply_generate(message_id=reply.id)
+        reply.refresh_from_db()
+        assert (reply.status, reply.finish_reason, reply.error) == ("done", "length", ""), round_
+        assert reply.completion_tokens == 8 * round_ and reply.content.startswith(before)
+
+
+def test_a_stop_that_came_as_the_answer_ended_does_not_stop_its_continuation(make_user, free_cut_at_8, slow_engine):
+    from chatsite.services import StopOutcome, reply_continue, reply_stop
+
+    user = make_user()
+    reply = cut_answer(user, free_cut_at_8)
+    # The stop arrived while the reply was still streaming, and the engine ended it at its
+    # length before hearing it: the flag stayed.
+    Message.objects.filter(id=reply.id).update(status=Message.Status.STREAMING)
+    assert reply_stop(user=user, message_id=reply.id) is StopOutcome.STOPPING
+    Message.objects.filter(id=reply.id).update(status=Message.Status.DONE)
+    reply_continue(user=user, plan=free_cut_at_8, message_id=reply.id)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert (reply.status, reply.finish_reason, reply.completion_tokens) == ("done", "length", 16)
+
+
+def test_a_continued_round_is_timed_from_the_continue_not_from_the_question(make_user, free_cut_at_8):
+    """Its queue wait and time to first token feed the console's histograms: a Continue an
+    hour after the question waited no hour."""
+    import datetime
+
+    from django.utils import timezone
+
+    from billing.models import UsageRecord
+    from chatsite.services import reply_continue
+
+    user = make_user()
+    reply = cut_answer(user, free_cut_at_8)
+    Message.objects.filter(id=reply.id).update(created_at=timezone.now() - datetime.timedelta(hours=1))
+    reply_continue(user=user, plan=free_cut_at_8, message_id=reply.id)
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.completion_tokens == 16
+    assert 0 <= reply.queue_wait_s <= reply.ttft_s < 60
+    assert all(ttft < 60 for ttft in UsageRecord.objects.filter(message_id=reply.id).values_list("ttft_s", flat=True))
