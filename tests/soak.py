@@ -6,12 +6,14 @@ database and Redis (database 14), or `--embedded` the server alone (its worker i
 SQLite), with the tiny model (`--real-model` for SmolLM2); creates USERS accounts with
 sessions, and has each chat over its own WebSocket for DURATION seconds, one turn after
 another with a pause of 0.5-2 s (TURNS: send and read to the end; send and stop; regenerate;
-send and reload mid-answer, resuming on a new socket). Reports the turns, how their answers
-ended, and the time to first token. A turn is lost when its socket got no end within TIMEOUT
-(or its row is not finished a while after the run); failed when the server answered with an
-error (`errors` counts them by code and text: nothing these users do should be refused);
-garbled when the text assembled from its token frames, by their offsets as the page does, is
-not the end's `content`. Exits 1 if any turn is lost, failed or garbled, or a server
+send and reload mid-answer, resuming on a new socket; edit the last question; continue an
+answer cut at its length; send with a second tab open on the conversation, which follows
+the reply too and sometimes stops it). Reports the turns, how their answers ended, and the
+time to first token. A turn is lost when its socket got no end within TIMEOUT (or its row is
+not finished a while after the run); failed when the server answered with an error
+(`errors` counts them by code and text: nothing these users do should be refused); garbled
+when the text assembled from its token frames, by their offsets as the page does, is not the
+end's `content`, or the two tabs saw different ends (`errors` says which turn and why). Exits 1 if any turn is lost, failed or garbled, or a server
 process logged a traceback.
 
     .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--api] [--real-model] [--set VAR=value]
@@ -153,20 +155,23 @@ def _result() -> dict:
 
 # What a user does each turn, and how often: send and read the answer to its end; send and
 # stop the answer at its first text; ask for another answer to the last question; send and
-# reload at the first text (a new socket that resumes the reply from what the page has).
-TURNS = {"send": 6, "stop": 1.5, "regenerate": 1, "reload": 1.5}
+# reload at the first text (a new socket that resumes the reply from what the page has);
+# edit the last question; continue an answer cut at its length limit; send with a second tab
+# open on the conversation, which follows the reply too (and stops it at its first text a
+# quarter of the time: any tab may).
+TURNS = {"send": 5, "stop": 1.5, "regenerate": 1, "reload": 1.5, "edit": 0.75, "continue": 0.75, "tab": 1}
 
 
 async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
     result = _result()
     await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
-    chat = {"conversation": None, "reply": None}
+    chat = {"conversation": None, "reply": None, "question": None, "finish": None, "length": 0}
     while time.monotonic() < deadline:
         socket_ = None
         try:
             socket_ = await _connect(base_url, session_key)
             while time.monotonic() < deadline:
-                kinds = [kind for kind in TURNS if chat["reply"] or kind != "regenerate"]
+                kinds = [kind for kind in TURNS if _possible(kind, chat)]
                 kind = rng.choices(kinds, [TURNS[kind] for kind in kinds])[0]
                 result["turns"][kind] += 1
                 socket_ = await _turn(socket_, kind, chat, result, rng, base_url, session_key)
@@ -179,6 +184,14 @@ async def _user(base_url: str, session_key: str, deadline: float, rng: random.Ra
     return result
 
 
+def _possible(kind: str, chat: dict) -> bool:
+    if kind in ("regenerate", "edit", "tab"):
+        return chat["reply"] is not None
+    if kind == "continue":
+        return chat["finish"] == "length"
+    return True
+
+
 async def _connect(base_url: str, session_key: str):
     return await websockets.connect(base_url.replace("http://", "ws://") + "/ws/chat/", open_timeout=60,
                                     additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url})
@@ -187,22 +200,59 @@ async def _connect(base_url: str, session_key: str):
 async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, base_url: str, session_key: str):
     """One turn of `kind`, to the reply's end; returns the socket to go on with (a reload opens
     a new one). The text assembled from the token frames, by their offsets as the page does,
-    must equal the end's `content`: else the turn is `garbled`."""
+    must equal the end's `content`, in a second tab too: else the turn is `garbled`."""
+    tab = None
+    if kind == "tab":  # a second tab showing the conversation: resuming its last reply (ended) answers at once
+        tab = await _connect(base_url, session_key)
+        await tab.send(json.dumps({"type": "watch", "conversation": chat["conversation"], "message": chat["reply"],
+                                   "offset": chat["length"]}))
+        while json.loads(await asyncio.wait_for(tab.recv(), TIMEOUT_S))["type"] not in ("done", "error"):
+            pass
     sent = time.monotonic()
-    if kind == "regenerate":
-        await socket_.send(json.dumps({"type": "regenerate", "message": chat["reply"]}))
+    content = f"Tell me something, {rng.randrange(10**6)}"
+    await socket_.send(json.dumps(
+        {"type": "regenerate", "message": chat["reply"]} if kind == "regenerate"
+        else {"type": "edit", "message": chat["question"], "content": content} if kind == "edit"
+        else {"type": "continue", "message": chat["reply"]} if kind == "continue"
+        else {"type": "send", "conversation": chat["conversation"], "content": content}
+    ))
+    if tab is None:
+        socket_, end = await _read(socket_, kind, chat, result, sent, base_url, session_key)
     else:
-        await socket_.send(json.dumps({"type": "send", "conversation": chat["conversation"],
-                                       "content": f"Tell me something, {rng.randrange(10**6)}"}))
+        second = asyncio.ensure_future(_read(tab, "tab (second)" if rng.random() < 0.75 else "tab (second, stops)",
+                                             chat, result, sent, base_url, session_key))
+        try:
+            socket_, end = await _read(socket_, kind, chat, result, sent, base_url, session_key)
+            if end is None:  # refused: nothing for the second tab to follow
+                second.cancel()
+            else:
+                _, tab_end = await second
+                if (end["type"], end.get("content")) != (tab_end and (tab_end["type"], tab_end.get("content"))):
+                    _garbled(result, kind, "the two tabs saw different ends")
+        finally:
+            second.cancel()
+            await tab.close()
+    if end and end["type"] == "done":
+        chat["finish"], chat["length"] = end["finish_reason"], len(end["content"])
+    return socket_
+
+
+async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, base_url: str, session_key: str):
+    """Read one reply on `socket_` to its end; (the socket to go on with, the end frame or None
+    on a refusal)."""
     reply, text, first_token = None, "", None
     while True:
         frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
         if frame["type"] == "message.created":
-            chat["conversation"], reply = frame["conversation"]["id"], frame["message"]["id"]
+            reply, text = frame["message"]["id"], frame["message"]["content"]  # a continuation goes on from its text
+            if not kind.startswith("tab ("):
+                chat.update(conversation=frame["conversation"]["id"], reply=reply, question=frame["user_message"]["id"])
         elif frame["type"] == "token":
             offset = frame["offset"]
-            if frame["message"] != reply or text[offset:offset + len(frame["text"])] != frame["text"][:len(text) - offset]:
-                result["garbled"] += 1
+            if frame["message"] != reply or (
+                    offset <= len(text) and text[offset:offset + len(frame["text"])] != frame["text"][:len(text) - offset]):
+                _garbled(result, kind, "a token frame of another reply or text" if frame["message"] != reply
+                         else "a token frame's text disagrees with what came before")
             if offset > len(text):  # a frame was missed (dropped while the layer was slow): resume, as the page does
                 result["rewatched"] += 1
                 await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"], "message": reply,
@@ -211,8 +261,9 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
             text = max(text, text[:offset] + frame["text"], key=len)
             if first_token is None:
                 first_token = time.monotonic() - sent
-                result["ttft"].append(first_token)
-                if kind == "stop":
+                if not kind.startswith("tab ("):
+                    result["ttft"].append(first_token)
+                if kind in ("stop", "tab (second, stops)"):
                     await socket_.send(json.dumps({"type": "stop", "message": reply}))
                 elif kind == "reload":
                     await socket_.close()
@@ -220,16 +271,18 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
                     await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"],
                                                    "message": reply, "offset": len(text)}))
         elif frame["type"] == "done":
-            result["completed"] += 1
+            if not kind.startswith("tab ("):
+                result["completed"] += 1
             result["ends"][f"{kind}: {frame['status']}"] += 1
             if frame["message"] != reply or frame["content"] != text:
-                result["garbled"] += 1
-            chat["reply"] = reply
-            return socket_
+                _garbled(result, kind, "the end of another reply" if frame["message"] != reply
+                         else "the assembled text is not the end's content")
+            return socket_, frame
         elif frame["type"] == "error":
-            result["failed"] += 1
+            if not kind.startswith("tab ("):
+                result["failed"] += 1
             result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
-            return socket_
+            return socket_, frame if frame.get("code") == "generation_failed" else None
 
 
 # What an API client does each call: read the streamed answer to its end, or leave at its
@@ -281,9 +334,14 @@ async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random
                 result["completed"] += 1
                 result["ends"][f"stream: {finish}"] += 1
                 if finish is None:
-                    result["garbled"] += 1
+                    _garbled(result, kind, "no finish_reason before [DONE]")
             await asyncio.sleep(rng.uniform(0.1, 0.5))
     return result
+
+
+def _garbled(result: dict, kind: str, why: str) -> None:
+    result["garbled"] += 1
+    result["errors"][f"garbled ({kind}): {why}"] += 1
 
 
 def _settle(connect) -> int:
