@@ -66,6 +66,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         self.user = self.scope["user"]
         self.following: int | None = None  # the reply whose frames this socket forwards
+        self._sent_upto = 0  # where the followed reply's text this socket has sent ends (characters)
+        # Held while a client frame is handled: an end found in the database by a background
+        # look (`_watch_for_a_lost_end`) waits for it, so it never precedes `message.created`.
+        self._handling = asyncio.Lock()
         self.watching: int | None = None  # the conversation whose new messages it is told of
         self.closed = False
         self._tasks: set[asyncio.Task] = set()
@@ -104,14 +108,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_TOO_LARGE)
             return
         try:
-            plan = await database_sync_to_async(plan_for_user)(self.user)
-            frame = parse_client_frame(text_data, max_content_chars=plan.max_input_chars)
-            if isinstance(frame, StopFrame):
-                await self._stop(frame.message_id or self.following)
-            elif isinstance(frame, WatchFrame):
-                await self._watch(frame)
-            else:
-                await self._start(frame, plan)
+            async with self._handling:
+                plan = await database_sync_to_async(plan_for_user)(self.user)
+                frame = parse_client_frame(text_data, max_content_chars=plan.max_input_chars)
+                if isinstance(frame, StopFrame):
+                    await self._stop(frame.message_id or self.following)
+                elif isinstance(frame, WatchFrame):
+                    await self._watch(frame)
+                else:
+                    await self._start(frame, plan)
         except ProtocolError as error:
             await self._send_json(error_frame(error.code, error.message))
         except tuple(NOT_FOUND) as missing:
@@ -145,7 +150,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         try:
             # Listen before enqueueing, so that not even the first token can be missed; the frames
             # the worker publishes wait for this handler to return, so message.created goes first.
-            await self._follow(reply.id)
+            await self._follow(reply.id, len(reply.content))  # a continuation's text is in message.created
             await sync_to_async(services.reply_send, thread_sensitive=False)(reply=reply)  # no database work
         except Exception:
             logger.warning("could not queue reply %s; withdrawing the message", reply.id, exc_info=True)
@@ -167,13 +172,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self._watch_conversation(conversation.id)
         if frame.message_id is None:
             return
-        await self._follow(frame.message_id)
+        await self._follow(frame.message_id, frame.offset)
         reply = await database_sync_to_async(Message.objects.get)(id=frame.message_id, conversation=conversation)
         if not reply.in_progress:  # it ended while the page was away: the rest of its text, then its end
-            if len(reply.content) > frame.offset:
-                await self._send_json(token_frame(reply.id, text=reply.content[frame.offset:], index=None,
-                                                  offset=frame.offset))
-            await self._end_following(self._end_frame_of(reply))
+            await self._end_from_database(reply)
             return
         # The text as far as it has streamed: the live pieces, or the last save if those are
         # gone (a Redis outage). Frames published from here on follow this one; the page skips
@@ -187,6 +189,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             text = reply.content
         if len(text) > frame.offset:
             await self._send_json(token_frame(reply.id, text=text[frame.offset:], index=None, offset=frame.offset))
+            self._sent_upto = max(self._sent_upto, len(text))
 
     async def _stop(self, message_id: int | None) -> None:
         if message_id is None:
@@ -208,8 +211,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if not self._is_followed(event):
             return
         self._last_frame_at = time.monotonic()
-        await self._send_json(token_frame(self.following, text=event["text"], index=event["index"],
-                                          offset=event.get("offset", 0)))
+        offset = event.get("offset", 0)
+        await self._send_json(token_frame(self.following, text=event["text"], index=event["index"], offset=offset))
+        self._sent_upto = max(self._sent_upto, offset + len(event["text"]))
 
     async def gen_done(self, event: dict) -> None:
         if self._is_followed(event):
@@ -235,7 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Another tab started a reply in the conversation this one shows: show and follow it."""
         if event["origin"] == self.channel_name:
             return
-        await self._follow(event["frame"]["message"]["id"])
+        await self._follow(event["frame"]["message"]["id"], len(event["frame"]["message"]["content"]))
         await self._send_json(event["frame"])
 
     async def _tell_other_tabs(self, reply, question, branch) -> None:
@@ -247,11 +251,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except Exception as error:  # they see it at their next load
             logger.warning("could not tell other tabs of reply %s: %r", reply.id, error)
 
-    async def _follow(self, message_id: int) -> None:
+    async def _follow(self, message_id: int, offset: int = 0) -> None:
+        """Forward the reply's frames from now on; the page has its text up to `offset`."""
         if self.following == message_id:
             return
         await self._unfollow()
         self.following = message_id
+        self._sent_upto = offset
         self._last_frame_at = time.monotonic()
         await self.channel_layer.group_add(generation_group(message_id), self.channel_name)
         self._background(self._watch_for_a_lost_end(message_id))
@@ -285,8 +291,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             except Exception as error:
                 logger.warning("could not look up reply %s: %r", message_id, error)
                 continue
-            if ended and self.following == message_id:
-                await self._end_following(self._end_frame_of(ended[0]))
+            if not ended:
+                continue
+            async with self._handling:  # after a send's message.created, never before
+                if self.following == message_id:
+                    await self._end_from_database(ended[0])
+
+    async def _end_from_database(self, reply: Message) -> None:
+        """End the followed reply as the database has it: first the text this socket has not
+        sent (its frames were slow, or it followed the reply late), then its end."""
+        if len(reply.content) > self._sent_upto:
+            await self._send_json(token_frame(reply.id, text=reply.content[self._sent_upto:], index=None,
+                                              offset=self._sent_upto))
+        await self._end_following(self._end_frame_of(reply))
 
     @staticmethod
     def _end_frame_of(reply: Message) -> dict:

@@ -202,6 +202,38 @@ async def test_a_late_frame_of_the_reply_followed_before_is_not_taken_for_the_ne
     await communicator.disconnect()
 
 
+async def test_an_end_read_from_the_database_waits_for_the_send_and_brings_the_text_it_missed(
+        make_user, monkeypatch, settings):
+    """Under load a send's own work (saving, queueing, the branch) can outlast QUIET_CHECK_S,
+    and the reply can end meanwhile: the socket, which forwards no frame while it handles the
+    send, finds the end in the database. That end must follow `message.created` (the page
+    ignores an end of a reply it does not follow yet), and bring the text the socket never
+    forwarded, so that what the page assembles is the saved answer."""
+    import time
+
+    from chatsite import consumers, services
+
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "max_output_tokens": 8}}
+    monkeypatch.setattr(consumers, "QUIET_CHECK_S", 0.1)
+    reply_send = services.reply_send
+
+    def slow_reply_send(**kwargs):  # a broker slow to acknowledge
+        reply_send(**kwargs)
+        time.sleep(1.5)  # the tiny model writes its 8 tokens meanwhile
+
+    monkeypatch.setattr(services, "reply_send", slow_reply_send)
+    communicator = await open_socket(await sync_to_async(make_user)())
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Count to a hundred"})
+    assert created["type"] == "message.created"
+    frames = await until_end(communicator)
+    done = frames[-1]
+    assert done["type"] == "done" and done["message"] == created["message"]["id"] and done["finish_reason"] == "length"
+    assert "".join(frame["text"] for frame in frames if frame["type"] == "token") == done["content"]
+    assert done["content"] == (await Message.objects.aget(id=created["message"]["id"])).content
+    assert await communicator.receive_nothing(timeout=1)  # the worker's own end, late, is not forwarded again
+    await communicator.disconnect()
+
+
 async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine):
     communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
