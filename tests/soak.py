@@ -155,40 +155,54 @@ def _result() -> dict:
 
 # What a user does each turn, and how often: send and read the answer to its end; send and
 # stop the answer at its first text; ask for another answer to the last question; send and
-# reload at the first text (a new socket that resumes the reply from what the page has);
-# edit the last question; continue an answer cut at its length limit; send with a second tab
-# open on the conversation, which follows the reply too (and stops it at its first text a
-# quarter of the time: any tab may).
-TURNS = {"send": 5, "stop": 1.5, "regenerate": 1, "reload": 1.5, "edit": 0.75, "continue": 0.75, "tab": 1}
+# reload at the first text (the page, then a new socket that resumes the reply from what the
+# page has); edit the last question; continue an answer cut at its length limit; send with a
+# second tab open on the conversation, which follows the reply too (and stops it at its first
+# text a quarter of the time: any tab may); show another answer of the last question (‹ ›)
+# and send below it; delete the conversation and start a new one.
+TURNS = {"send": 5, "stop": 1.5, "regenerate": 1, "reload": 1.5, "edit": 0.75, "continue": 0.75, "tab": 1,
+         "branch": 2, "delete": 0.3}
 
 
 async def _user(base_url: str, session_key: str, deadline: float, rng: random.Random) -> dict:
     result = _result()
     await asyncio.sleep(rng.uniform(0, 5))  # users arrive over a few seconds
-    chat = {"conversation": None, "reply": None, "question": None, "finish": None, "length": 0}
-    while time.monotonic() < deadline:
-        socket_ = None
-        try:
-            socket_ = await _connect(base_url, session_key)
-            while time.monotonic() < deadline:
-                kinds = [kind for kind in TURNS if _possible(kind, chat)]
-                kind = rng.choices(kinds, [TURNS[kind] for kind in kinds])[0]
-                result["turns"][kind] += 1
-                socket_ = await _turn(socket_, kind, chat, result, rng, base_url, session_key)
-                await asyncio.sleep(rng.uniform(0.5, 2.0))
-        except (TimeoutError, websockets.ConnectionClosed, OSError):
-            result["lost"] += 1
-        finally:
-            if socket_ is not None:
-                await socket_.close()
+    chat = _new_chat()
+    async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT_S, cookies={"sessionid": session_key}) as http:
+        while time.monotonic() < deadline:
+            socket_ = None
+            try:
+                if "csrftoken" not in http.cookies:  # the page sets it; its requests send it back
+                    (await http.get("/chat/")).raise_for_status()
+                socket_ = await _connect(base_url, session_key)
+                while time.monotonic() < deadline:
+                    kinds = [kind for kind in TURNS if _possible(kind, chat)]
+                    kind = rng.choices(kinds, [TURNS[kind] for kind in kinds])[0]
+                    result["turns"][kind] += 1
+                    socket_ = await _turn(socket_, kind, chat, result, rng, http, session_key)
+                    await asyncio.sleep(rng.uniform(0.5, 2.0))
+            except (TimeoutError, websockets.ConnectionClosed, OSError, httpx.HTTPError):
+                result["lost"] += 1
+            finally:
+                if socket_ is not None:
+                    await socket_.close()
     return result
 
 
+def _new_chat() -> dict:
+    """What the page knows of the conversation it shows: its last reply, that reply's question,
+    its alternatives, how it ended and its length."""
+    return {"conversation": None, "reply": None, "question": None, "parent": None, "siblings": [], "finish": None,
+            "length": 0}
+
+
 def _possible(kind: str, chat: dict) -> bool:
-    if kind in ("regenerate", "edit", "tab"):
+    if kind in ("regenerate", "edit", "tab", "delete"):
         return chat["reply"] is not None
     if kind == "continue":
         return chat["finish"] == "length"
+    if kind == "branch":
+        return len(chat["siblings"]) > 1
     return True
 
 
@@ -197,10 +211,38 @@ async def _connect(base_url: str, session_key: str):
                                     additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url})
 
 
-async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, base_url: str, session_key: str):
+async def _post(http: httpx.AsyncClient, url: str, body: dict, result: dict, kind: str) -> dict | None:
+    """A JSON request of the page's; its answer, or None (counted as failed) when refused."""
+    response = await http.post(url, json=body, headers={"X-CSRFToken": http.cookies["csrftoken"]})
+    if response.status_code != 200:
+        result["failed"] += 1
+        result["errors"][f"{kind}: {response.status_code} {response.text[:200]}"] += 1
+        return None
+    return response.json()
+
+
+async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, http: httpx.AsyncClient,
+                session_key: str):
     """One turn of `kind`, to the reply's end; returns the socket to go on with (a reload opens
     a new one). The text assembled from the token frames, by their offsets as the page does,
     must equal the end's `content`, in a second tab too: else the turn is `garbled`."""
+    base_url = str(http.base_url).rstrip("/")
+    shown = None  # after a branch switch, the answer a send must continue
+    if kind == "branch":
+        other = rng.choice([sibling for sibling in chat["siblings"] if sibling != chat["reply"]])
+        answer = await _post(http, f"/chat/{chat['conversation']}/branch/", {"message": other}, result, kind)
+        if answer is None:
+            return socket_
+        shown = answer["branch"][-1]
+        chat.update(reply=shown["id"], question=answer["branch"][-2]["id"], siblings=shown["siblings"],
+                    finish=shown["finish_reason"], length=len(shown["content"]))
+    elif kind == "delete":
+        if await _post(http, f"/chat/{chat['conversation']}/delete/", {}, result, kind) is None:
+            return socket_
+        listed = (await http.get("/chat/conversations/")).json()["conversations"]
+        if any(conversation["id"] == chat["conversation"] for conversation in listed):
+            _garbled(result, kind, "a deleted conversation is still listed")
+        chat.update(_new_chat())
     tab = None
     if kind == "tab":  # a second tab showing the conversation: resuming its last reply (ended) answers at once
         tab = await _connect(base_url, session_key)
@@ -217,12 +259,12 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
         else {"type": "send", "conversation": chat["conversation"], "content": content}
     ))
     if tab is None:
-        socket_, end = await _read(socket_, kind, chat, result, sent, base_url, session_key)
+        socket_, end = await _read(socket_, kind, chat, result, sent, http, session_key)
     else:
         second = asyncio.ensure_future(_read(tab, "tab (second)" if rng.random() < 0.75 else "tab (second, stops)",
-                                             chat, result, sent, base_url, session_key))
+                                             chat, result, sent, http, session_key))
         try:
-            socket_, end = await _read(socket_, kind, chat, result, sent, base_url, session_key)
+            socket_, end = await _read(socket_, kind, chat, result, sent, http, session_key)
             if end is None:  # refused: nothing for the second tab to follow
                 second.cancel()
             else:
@@ -232,12 +274,14 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
         finally:
             second.cancel()
             await tab.close()
+    if shown is not None and end is not None and chat["parent"] != shown["id"]:
+        _garbled(result, kind, "a send after showing another answer did not continue it")
     if end and end["type"] == "done":
         chat["finish"], chat["length"] = end["finish_reason"], len(end["content"])
     return socket_
 
 
-async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, base_url: str, session_key: str):
+async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http: httpx.AsyncClient, session_key: str):
     """Read one reply on `socket_` to its end; (the socket to go on with, the end frame or None
     on a refusal)."""
     reply, text, first_token = None, "", None
@@ -246,7 +290,9 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, base_
         if frame["type"] == "message.created":
             reply, text = frame["message"]["id"], frame["message"]["content"]  # a continuation goes on from its text
             if not kind.startswith("tab ("):
-                chat.update(conversation=frame["conversation"]["id"], reply=reply, question=frame["user_message"]["id"])
+                siblings = next((m["siblings"] for m in frame["branch"] if m["id"] == reply), [])
+                chat.update(conversation=frame["conversation"]["id"], reply=reply, question=frame["user_message"]["id"],
+                            parent=frame["user_message"]["parent"], siblings=siblings)
         elif frame["type"] == "token":
             offset = frame["offset"]
             if frame["message"] != reply or (
@@ -265,9 +311,13 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, base_
                     result["ttft"].append(first_token)
                 if kind in ("stop", "tab (second, stops)"):
                     await socket_.send(json.dumps({"type": "stop", "message": reply}))
-                elif kind == "reload":
+                elif kind == "reload":  # the page again, then its socket
                     await socket_.close()
-                    socket_ = await _connect(base_url, session_key)
+                    page = await http.get(f"/chat/{chat['conversation']}/")
+                    if page.status_code != 200:
+                        result["errors"][f"reload: the page answered {page.status_code}"] += 1
+                        result["failed"] += 1
+                    socket_ = await _connect(str(http.base_url).rstrip("/"), session_key)
                     await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"],
                                                    "message": reply, "offset": len(text)}))
         elif frame["type"] == "done":
