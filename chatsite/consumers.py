@@ -200,9 +200,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ProtocolError("unavailable", "The service is temporarily unavailable; the answer could not be "
                                                "stopped. Please try again in a moment.") from None
         if outcome is services.StopOutcome.STOPPED:  # it never reached a worker, so none will report: tell every tab
+            # A continuation stopped in the queue keeps the text it had.
+            reply = await database_sync_to_async(Message.objects.get)(id=message_id)
             await self.channel_layer.group_send(generation_group(message_id), {
                 "type": "gen.done", "message": message_id, "status": "stopped", "finish_reason": "stop",
-                "content": "", "usage": {},
+                "content": reply.content,
+                "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens},
             })
 
     # Channel-layer handlers: what workers publish to gen.<id> and user.<id>, and what other

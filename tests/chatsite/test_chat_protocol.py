@@ -169,6 +169,28 @@ async def test_continue_extends_an_answer_cut_at_the_cap(make_user, settings):
     await communicator.disconnect()
 
 
+async def test_a_continuation_stopped_before_a_worker_took_it_keeps_its_text(make_user, settings):
+    from billing.plans import FREE, plan_get
+    from chatsite import services
+
+    settings.BILLING_PLANS = {**settings.BILLING_PLANS, "free": {**settings.BILLING_PLANS["free"], "max_output_tokens": 8}}
+    user = await sync_to_async(make_user)()
+    communicator = await open_socket(user)
+    created = await send(communicator, {"type": "send", "conversation": None, "content": "Count to a hundred"})
+    cut = (await until_end(communicator))[-1]
+    reply_id = created["message"]["id"]
+    # Continued, and still in the queue (here: never sent to one) when the stop comes.
+    await sync_to_async(services.reply_continue)(user=user, plan=plan_get(FREE), message_id=reply_id)
+    await communicator.send_json_to({"type": "watch", "conversation": created["conversation"]["id"],
+                                     "message": reply_id, "offset": len(cut["content"])})
+    await communicator.send_json_to({"type": "stop", "message": reply_id})
+    done = (await until_end(communicator))[-1]
+    assert (done["type"], done["status"], done["content"]) == ("done", "stopped", cut["content"])
+    reply = await Message.objects.aget(id=reply_id)
+    assert (reply.status, reply.content, reply.completion_tokens) == ("stopped", cut["content"], 8)
+    await communicator.disconnect()
+
+
 async def test_only_an_answer_cut_at_its_length_can_be_continued(make_user, slow_engine):
     communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Hi"})
