@@ -173,6 +173,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if frame.message_id is None:
             return
         await self._follow(frame.message_id, frame.offset)
+        self._sent_upto = frame.offset  # the page's word for what it has, though this socket sent more
         reply = await database_sync_to_async(Message.objects.get)(id=frame.message_id, conversation=conversation)
         if not reply.in_progress:  # it ended while the page was away: the rest of its text, then its end
             await self._end_from_database(reply)

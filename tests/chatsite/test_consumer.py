@@ -234,6 +234,30 @@ async def test_an_end_read_from_the_database_waits_for_the_send_and_brings_the_t
     await communicator.disconnect()
 
 
+async def test_a_page_that_missed_frames_of_a_reply_that_ended_is_sent_the_text_from_where_it_says(make_user):
+    """The page's `watch` offset, not what this socket sent, says where its text stops."""
+    from channels.layers import get_channel_layer
+
+    from chatsite.publisher import generation_group
+
+    user = await sync_to_async(make_user)()
+    conversation, _, reply = await database_sync_to_async(conversation_with_reply)(
+        user, reply_text="", status=Message.Status.STREAMING)
+    communicator = await open_socket(user)
+    watch = {"type": "watch", "conversation": conversation.id, "message": reply.id, "offset": 0}
+    await communicator.send_json_to(watch)
+    await asyncio.sleep(0.3)  # following it
+    await get_channel_layer().group_send(generation_group(reply.id), {
+        "type": "gen.token", "message": reply.id, "text": "Hello", "index": 0, "offset": 0})
+    assert (await receive(communicator))["text"] == "Hello"  # sent, and (say) lost on the way to the page
+    await Message.objects.filter(id=reply.id).aupdate(status=Message.Status.DONE, content="Hello world")
+    await communicator.send_json_to(watch)  # the page still has nothing
+    frames = await until_end(communicator)
+    assert [(frame["type"], frame.get("offset"), frame.get("text")) for frame in frames] == [
+        ("token", 0, "Hello world"), ("done", None, None)]
+    await communicator.disconnect()
+
+
 async def test_closing_the_socket_does_not_stop_the_reply(make_user, slow_engine):
     communicator = await open_socket(await sync_to_async(make_user)())
     created = await send(communicator, {"type": "send", "conversation": None, "content": "Tell me a story"})
