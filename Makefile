@@ -57,10 +57,11 @@ test: setup-test
 fuzz: setup-test
 	$(BIN)/python -m tests.fuzz
 
-# 200 socket users chatting for 3 minutes (sending, stopping, regenerating, reloading) against
-# daphne + a celery worker on PostgreSQL and Redis (127.0.0.1); fails if a reply is lost, a send
-# refused or a streamed text differs from the saved one. `python -m tests.soak --embedded`
-# soaks the `make run` set-up instead, `--api` the /v1/ API.
+# 200 socket users chatting for 3 minutes (sending, stopping, regenerating, reloading, editing,
+# continuing, switching answers, deleting, two tabs) against daphne + a celery worker on
+# PostgreSQL and Redis (127.0.0.1); fails if a reply is lost, a send refused or a streamed text
+# differs from the saved one. `python -m tests.soak --embedded` soaks the `make run` set-up
+# instead, `--api` the /v1/ API.
 soak: setup-test
 	$(BIN)/python -m tests.soak --users 200 --duration 180
 

@@ -88,6 +88,8 @@ def main() -> int:
                         help="the `make run` set-up instead: one server process with its worker, SQLite")
     parser.add_argument("--api", action="store_true",
                         help="API clients instead: streamed /v1/chat/completions, a third leaving at the first chunk")
+    parser.add_argument("--trace", metavar="FILE",
+                        help="write each garbled or refused turn's last frames there, a JSON object a line")
     parser.add_argument("--set", action="append", default=[], metavar="VAR=value",
                         help="a server setting, e.g. CHAT_RUNNER=gpu (repeatable)")
     args = parser.parse_args()
@@ -107,6 +109,9 @@ def main() -> int:
             env.update(DATABASE_URL=database_url, REDIS_URL=REDIS_URL, DJANGO_SECRET_KEY="soak-" + uuid.uuid4().hex)
             report = _soak(env, folder, args, connect=lambda: psycopg.connect(database_url), worker=True)
         redis.Redis.from_url(REDIS_URL).flushdb()
+    traces = report.pop("traces")
+    if args.trace:
+        Path(args.trace).write_text("".join(json.dumps(trace) + "\n" for trace in traces))
     print(json.dumps(report, indent=2))
     ok = (report["lost"] == 0 and report["failed"] == 0 and report["garbled"] == 0
           and report["tracebacks_in_the_logs"] == 0 and report["processes_alive"])
@@ -141,6 +146,7 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
         "unfinished_rows_after_the_run": unfinished, "tracebacks_in_the_logs": tracebacks, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
+        "traces": [trace for user in results for trace in user["traces"]],
     }
 
 
@@ -150,7 +156,7 @@ async def _run(base_url: str, keys: list[str], duration: float, user) -> list[di
 
 
 def _result() -> dict:
-    return {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "stray": 0, "ttft": [],
+    return {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "stray": 0, "ttft": [], "traces": [], "seen": [],
             "errors": collections.Counter(), "turns": collections.Counter(), "ends": collections.Counter()}
 
 
@@ -288,6 +294,8 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
     reply, text, first_token = None, "", None
     while True:
         frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
+        result["seen"] = [*result["seen"][-11:], {key: len(value) if key in ("text", "content", "branch") else value
+                                                   for key, value in frame.items()}]
         if frame["type"] in ("token", "done", "error") and frame.get("message", reply) != reply:
             # Of a reply the page no longer follows (the answer to a watch sent for a gap just
             # before the reply ended): the page ignores it too. One that comes before its
@@ -336,6 +344,7 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
             if not kind.startswith("tab ("):
                 result["failed"] += 1
             result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
+            result["traces"].append({"turn": kind, "why": frame.get("code"), "chat": dict(chat), "frames": result["seen"]})
             return socket_, frame if frame.get("code") == "generation_failed" else None
 
 
@@ -396,6 +405,7 @@ async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random
 def _garbled(result: dict, kind: str, why: str) -> None:
     result["garbled"] += 1
     result["errors"][f"garbled ({kind}): {why}"] += 1
+    result["traces"].append({"turn": kind, "why": why, "frames": result["seen"]})
 
 
 def _settle(connect) -> int:
