@@ -29,9 +29,15 @@ logger = logging.getLogger(__name__)
 SWEEP_EVERY_S = 1.0  # messages expire after `expiry` (60 s): a sweep this late changes nothing
 
 
+# Messages that may wait per channel, as the Redis layer is configured. Channels' default of 100
+# is about five seconds of one reply's frames: a socket whose event loop fell that far behind
+# (a busy embedded server) missed frames, and its page had to ask for the text again.
+CAPACITY = 1000
+
+
 class InMemoryChannelLayer(ChannelsInMemoryChannelLayer):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, capacity: int = CAPACITY, **kwargs) -> None:
+        super().__init__(*args, capacity=capacity, **kwargs)
         self._next_sweep = 0.0
 
     def _clean_expired(self) -> None:

@@ -42,6 +42,16 @@ async def test_a_full_channel_misses_the_message_and_the_others_still_get_it():
 
 
 @pytest.mark.asyncio
+async def test_a_member_that_falls_hundreds_of_frames_behind_misses_none():
+    layer = layers.InMemoryChannelLayer()
+    channel = await layer.new_channel()
+    await layer.group_add("gen.1", channel)
+    for number in range(500):
+        await layer.group_send("gen.1", {"type": "gen.token", "number": number})
+    assert [(await asyncio.wait_for(layer.receive(channel), 1))["number"] for _ in range(500)] == list(range(500))
+
+
+@pytest.mark.asyncio
 async def test_expired_messages_are_still_dropped(monkeypatch):
     monkeypatch.setattr(layers, "SWEEP_EVERY_S", 0.1)
     layer = layers.InMemoryChannelLayer(expiry=0.1)
