@@ -173,7 +173,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if frame.message_id is None:
             return
         await self._follow(frame.message_id, frame.offset)
-        self._sent_upto = frame.offset  # the page's word for what it has, though this socket sent more
         reply = await database_sync_to_async(Message.objects.get)(id=frame.message_id, conversation=conversation)
         if not reply.in_progress:  # it ended while the page was away: the rest of its text, then its end
             await self._end_from_database(reply)
@@ -256,12 +255,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             logger.warning("could not tell other tabs of reply %s: %r", reply.id, error)
 
     async def _follow(self, message_id: int, offset: int = 0) -> None:
-        """Forward the reply's frames from now on; the page has its text up to `offset`."""
+        """Forward the reply's frames from now on; the page has its text up to `offset` (its
+        word for it, though this socket may have sent more: frames get lost on the way)."""
+        self._sent_upto = offset
         if self.following == message_id:
             return
         await self._unfollow()
         self.following = message_id
-        self._sent_upto = offset
         self._last_frame_at = time.monotonic()
         await self.channel_layer.group_add(generation_group(message_id), self.channel_name)
         self._background(self._watch_for_a_lost_end(message_id))

@@ -141,12 +141,10 @@ def conversation_delete(*, user, conversation_id: int) -> None:
     """Delete the conversation and its messages (usage records stay: they are billing's).
     Locked as a send locks it, so a send racing the delete either lands first (and the
     delete is refused as busy) or finds the conversation gone."""
-    conversation = Conversation.objects.select_for_update().get(
-        id=conversation_id, owner=user, source=Conversation.Source.CHAT
-    )
-    if conversation.messages.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING]).exists():
-        raise ConversationBusy("An answer is still being written in this conversation. Stop it first.")
-    conversation.delete()
+    _idle_conversation_locked(
+        user=user, conversation_id=conversation_id,
+        busy="An answer is still being written in this conversation. Stop it first.",
+    ).delete()
 
 
 def feedback_give(*, user, message_id: int, rating: int, comment: str = "") -> Feedback | None:
@@ -179,11 +177,20 @@ def _own_message(*, user, message_id: int, role: str) -> Message:
 def _conversation_to_extend(*, user, conversation_id: int) -> Conversation:
     """The user's conversation, locked, or ConversationBusy while one of its answers is being
     written (two tabs sending at once must not both branch off the same message)."""
+    return _idle_conversation_locked(
+        user=user, conversation_id=conversation_id,
+        busy="An answer is still being written in this conversation. Wait for it, or stop it.",
+    )
+
+
+def _idle_conversation_locked(*, user, conversation_id: int, busy: str) -> Conversation:
+    """The user's conversation, its row locked until the transaction ends; ConversationBusy
+    (saying `busy`) while one of its answers is being written."""
     conversation = Conversation.objects.select_for_update().get(
         id=conversation_id, owner=user, source=Conversation.Source.CHAT
     )
     if conversation.messages.filter(status__in=[Message.Status.PENDING, Message.Status.STREAMING]).exists():
-        raise ConversationBusy("An answer is still being written in this conversation. Wait for it, or stop it.")
+        raise ConversationBusy(busy)
     return conversation
 
 

@@ -183,12 +183,12 @@ async def _user(base_url: str, session_key: str, deadline: float, rng: random.Ra
             try:
                 if "csrftoken" not in http.cookies:  # the page sets it; its requests send it back
                     (await http.get("/chat/")).raise_for_status()
-                socket_ = await _connect(base_url, session_key)
+                socket_ = await _connect(http)
                 while time.monotonic() < deadline:
                     kinds = [kind for kind in TURNS if _possible(kind, chat)]
                     kind = rng.choices(kinds, [TURNS[kind] for kind in kinds])[0]
                     result["turns"][kind] += 1
-                    socket_ = await _turn(socket_, kind, chat, result, rng, http, session_key)
+                    socket_ = await _turn(socket_, kind, chat, result, rng, http)
                     await asyncio.sleep(rng.uniform(0.5, 2.0))
             except (TimeoutError, websockets.ConnectionClosed, OSError, httpx.HTTPError):
                 result["lost"] += 1
@@ -215,9 +215,11 @@ def _possible(kind: str, chat: dict) -> bool:
     return True
 
 
-async def _connect(base_url: str, session_key: str):
-    return await websockets.connect(base_url.replace("http://", "ws://") + "/ws/chat/", open_timeout=60,
-                                    additional_headers={"Cookie": f"sessionid={session_key}", "Origin": base_url})
+async def _connect(http: httpx.AsyncClient):
+    """A socket of the page `http` browses as (its session cookie)."""
+    base_url = str(http.base_url).rstrip("/")
+    return await websockets.connect(base_url.replace("http://", "ws://") + "/ws/chat/", open_timeout=60, additional_headers={
+        "Cookie": f"sessionid={http.cookies['sessionid']}", "Origin": base_url})
 
 
 async def _post(http: httpx.AsyncClient, url: str, body: dict, result: dict, kind: str) -> dict | None:
@@ -230,12 +232,10 @@ async def _post(http: httpx.AsyncClient, url: str, body: dict, result: dict, kin
     return response.json()
 
 
-async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, http: httpx.AsyncClient,
-                session_key: str):
+async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random, http: httpx.AsyncClient):
     """One turn of `kind`, to the reply's end; returns the socket to go on with (a reload opens
     a new one). The text assembled from the token frames, by their offsets as the page does,
     must equal the end's `content`, in a second tab too: else the turn is `garbled`."""
-    base_url = str(http.base_url).rstrip("/")
     shown = None  # after a branch switch, the answer a send must continue
     if kind == "branch":
         other = rng.choice([sibling for sibling in chat["siblings"] if sibling != chat["reply"]])
@@ -254,7 +254,7 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
         chat.update(_new_chat())
     tab = None
     if kind == "tab":  # a second tab showing the conversation: resuming its last reply (ended) answers at once
-        tab = await _connect(base_url, session_key)
+        tab = await _connect(http)
         await tab.send(json.dumps({"type": "watch", "conversation": chat["conversation"], "message": chat["reply"],
                                    "offset": chat["length"]}))
         while json.loads(await asyncio.wait_for(tab.recv(), TIMEOUT_S))["type"] not in ("done", "error"):
@@ -268,15 +268,13 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
         else {"type": "send", "conversation": chat["conversation"], "content": content}
     ))
     if tab is None:
-        socket_, end = await _read(socket_, kind, chat, result, sent, http, session_key)
+        socket_, end = await _read(socket_, kind, chat, result, sent, http)
     else:
         second = asyncio.ensure_future(_read(tab, "tab (second)" if rng.random() < 0.75 else "tab (second, stops)",
-                                             chat, result, sent, http, session_key))
+                                             chat, result, sent, http))
         try:
-            socket_, end = await _read(socket_, kind, chat, result, sent, http, session_key)
-            if end is None:  # refused: nothing for the second tab to follow
-                second.cancel()
-            else:
+            socket_, end = await _read(socket_, kind, chat, result, sent, http)
+            if end is not None:  # else refused: nothing for the second tab to follow
                 _, tab_end = await second
                 if (end["type"], end.get("content")) != (tab_end and (tab_end["type"], tab_end.get("content"))):
                     _garbled(result, kind, "the two tabs saw different ends")
@@ -290,9 +288,10 @@ async def _turn(socket_, kind: str, chat: dict, result: dict, rng: random.Random
     return socket_
 
 
-async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http: httpx.AsyncClient, session_key: str):
+async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http: httpx.AsyncClient):
     """Read one reply on `socket_` to its end; (the socket to go on with, the end frame or None
     on a refusal)."""
+    second_tab = kind.startswith("tab (")  # it follows what the first tab does and counts only where they differ
     reply, text, first_token, rewatching = None, "", None, False
     while True:
         frame = json.loads(await asyncio.wait_for(socket_.recv(), TIMEOUT_S))
@@ -306,7 +305,7 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
             continue
         if frame["type"] == "message.created":
             reply, text = frame["message"]["id"], frame["message"]["content"]  # a continuation goes on from its text
-            if not kind.startswith("tab ("):
+            if not second_tab:
                 siblings = next((m["siblings"] for m in frame["branch"] if m["id"] == reply), [])
                 chat.update(conversation=frame["conversation"]["id"], reply=reply, question=frame["user_message"]["id"],
                             parent=frame["user_message"]["parent"], siblings=siblings)
@@ -323,7 +322,7 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
             text = max(text, text[:offset] + frame["text"], key=len)
             if first_token is None:
                 first_token = time.monotonic() - sent
-                if not kind.startswith("tab ("):
+                if not second_tab:
                     result["ttft"].append(first_token)
                 if kind in ("stop", "tab (second, stops)"):
                     await socket_.send(json.dumps({"type": "stop", "message": reply}))
@@ -333,11 +332,11 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
                     if page.status_code != 200:
                         result["errors"][f"reload: the page answered {page.status_code}"] += 1
                         result["failed"] += 1
-                    socket_ = await _connect(str(http.base_url).rstrip("/"), session_key)
+                    socket_ = await _connect(http)
                     await socket_.send(json.dumps({"type": "watch", "conversation": chat["conversation"],
                                                    "message": reply, "offset": len(text)}))
         elif frame["type"] == "done":
-            if not kind.startswith("tab ("):
+            if not second_tab:
                 result["completed"] += 1
             result["ends"][f"{kind}: {frame['status']}"] += 1
             if frame["content"] != text:
@@ -347,7 +346,7 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
                     _garbled(result, kind, "the assembled text is not the end's content")
             return socket_, frame
         elif frame["type"] == "error":
-            if not kind.startswith("tab ("):
+            if not second_tab:
                 result["failed"] += 1
             result["errors"][f"{frame.get('code')}: {frame.get('error')}"] += 1
             result["traces"].append({"turn": kind, "why": frame.get("code"), "chat": dict(chat), "frames": result["seen"]})
