@@ -25,6 +25,7 @@ from chatsite.live import live_append, live_clear, live_reset
 from chatsite.models import Message
 from chatsite.selectors import replies_stop_requested, replies_with_branch, stops_changed_mark
 from chatsite.titles import title_request
+from chatsite.untrusted import text_storable
 from inference import EngineConfig, FinishEvent, RequestStatus, SamplingParams, TokenEvent
 from inference.engine import EngineShuttingDown
 from inference.prompts import PromptTooLong, build_prompt_ids, continuation_ids
@@ -62,10 +63,12 @@ def reply_generate(*, message_id: int) -> None:
 
 def _open_all(message_ids: list[int]) -> list[tuple[str | None, tuple[Message, list[Message]] | None]]:
     """Claim each reply and read it with its branch: (the lease's token, the reply and its
-    branch), (token, None) when it was deleted, (None, None) when it could not be claimed."""
-    owners = leases_claim(message_ids=message_ids)
-    claimed = [message_id for message_id, owner in zip(message_ids, owners, strict=True) if owner]
-    found = dict(zip(claimed, replies_with_branch(message_ids=claimed), strict=True)) if claimed else {}
+    branch), (token, None) when it was deleted, (None, None) when it could not be claimed.
+    One transaction, so that a batch that failed can be run again (chatsite/group_commit.py)."""
+    with transaction.atomic():
+        owners = leases_claim(message_ids=message_ids)
+        claimed = [message_id for message_id, owner in zip(message_ids, owners, strict=True) if owner]
+        found = dict(zip(claimed, replies_with_branch(message_ids=claimed), strict=True)) if claimed else {}
     return [(owner, found.get(message_id) if owner else None) for message_id, owner in zip(message_ids, owners, strict=True)]
 
 
@@ -148,7 +151,7 @@ def _stream(reply: Message, owner: str, request: Request, carried: Carried = Car
         tokens = [e for e in events if isinstance(e, TokenEvent) and e.text]
         finish = next((e for e in events if isinstance(e, FinishEvent)), None)
         if tokens:
-            text = "".join(token.text for token in tokens)
+            text = text_storable("".join(token.text for token in tokens))  # streamed as saved
             pieces.append(text)
             streamed = True
             live_append(reply.id, length, text)

@@ -13,6 +13,11 @@ when the one before it ends — not on a thread of its own: its connection is a 
 test's transaction sees the batch's work, and no caller waits for a thread to be scheduled
 that has nothing else to do. Callers must not be inside a transaction of their own: the
 leader may need the writer lock they hold.
+
+Batching must not make callers share their faults: when a batch fails, each of its items is
+run again alone, so only the callers whose own item fails get the error (one reply's text that
+the database refuses failed every reply saved beside it). So `run` must be all or nothing —
+one transaction — for its items to be run again.
 """
 from __future__ import annotations
 
@@ -38,8 +43,8 @@ class _Slot(Generic[Item, Result]):
 class GroupCommit(Generic[Item, Result]):
     """`commit(item)` returns `run([...item...])`'s result for `item`, where `run` is called
     with every item that was waiting when its batch began (at most `max_batch`). `run` returns
-    one result per item, in order; an exception it raises is raised to every caller of its
-    batch."""
+    one result per item, in order. When it raises, each item of the batch is run again alone,
+    and a caller gets its own item's result or exception."""
 
     def __init__(self, run: Callable[[list[Item]], list[Result]], *, max_batch: int = 256) -> None:
         self._run = run
@@ -73,11 +78,14 @@ class GroupCommit(Generic[Item, Result]):
         with self._lock:
             batch, self._waiting = self._waiting[: self._max_batch], self._waiting[self._max_batch:]
         try:
-            results = self._run([slot.item for slot in batch])
-            if len(results) != len(batch):
-                raise RuntimeError(f"a batch of {len(batch)} gave {len(results)} results")
-            for slot, result in zip(batch, results, strict=True):
-                slot.result = result
+            items = [slot.item for slot in batch]
+            try:
+                outcomes = [(result, None) for result in self._results(items)]
+            except Exception as error:
+                # One item's fault, or every item's: each run again alone says which.
+                outcomes = [(None, error)] if len(batch) == 1 else [self._alone(item) for item in items]
+            for slot, (result, failure) in zip(batch, outcomes, strict=True):
+                slot.result, slot.error = result, failure
         except BaseException as error:
             for slot in batch:
                 slot.error = error
@@ -92,3 +100,15 @@ class GroupCommit(Generic[Item, Result]):
             for slot in batch:
                 slot.leads = False
                 slot.ready.set()
+
+    def _results(self, items: list[Item]) -> list[Result]:
+        results = self._run(items)
+        if len(results) != len(items):
+            raise RuntimeError(f"a batch of {len(items)} gave {len(results)} results")
+        return results
+
+    def _alone(self, item: Item) -> tuple[Result | None, Exception | None]:
+        try:
+            return self._results([item])[0], None
+        except Exception as error:
+            return None, error

@@ -14,6 +14,7 @@ from django.db.models import Count, Q
 
 from chatsite import publisher
 from chatsite.models import Conversation, Message
+from chatsite.untrusted import text_storable
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,7 @@ def _ask_model(prompt: str) -> str | None:
 def title_clean(text: str) -> str | None:
     """One line of words without quotes or a "Title:" label, at most MAX_TITLE_CHARS; None when
     nothing like a title is left."""
+    text = text_storable(text)
     line = text.strip().splitlines()[0] if text.strip() else ""
     line = re.sub(r"^(title|conversation title)\s*:\s*", "", line, flags=re.IGNORECASE)
     line = line.strip(" \t\"'“”‘’*#`.").strip()

@@ -4,7 +4,8 @@ text that every database can store.
 Python's json module recurses once per nesting level, so a body of a few kilobytes of `[[[[…`
 raises RecursionError (a server error) or, just under the limit, costs a deep parse for
 nothing. PostgreSQL refuses NUL characters in text, and no UTF-8 database can store a lone
-surrogate that JSON's `\\ud800` escape produces.
+surrogate that JSON's `\\ud800` escape produces. The model's text is no safer: a byte-level
+vocabulary has a token for the NUL byte, and a sampled answer can hold it.
 """
 from __future__ import annotations
 
@@ -60,3 +61,10 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "contains a lone surrogate (not valid Unicode)"
     return None
+
+
+def text_storable(text: str) -> str:
+    """What the model wrote, as every database stores it: each NUL character becomes U+FFFD,
+    the replacement character (decoded tokens are valid Unicode otherwise). One character for
+    one, so offsets into the streamed text stay those of the saved one."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text

@@ -389,3 +389,23 @@ def test_a_continued_round_is_timed_from_the_continue_not_from_the_question(make
     assert reply.completion_tokens == 16
     assert 0 <= reply.queue_wait_s <= reply.ttft_s < 60
     assert all(ttft < 60 for ttft in UsageRecord.objects.filter(message_id=reply.id).values_list("ttft_s", flat=True))
+
+
+def test_a_nul_the_model_writes_is_streamed_and_saved_as_the_replacement_character(make_user, monkeypatch):
+    """A byte-level vocabulary has a token for the NUL byte, which PostgreSQL refuses in text
+    (the reply failed, and with it every reply saved in the same batch)."""
+    from chatsite import publisher
+    from inference.detokenize import IncrementalDetokenizer
+
+    add = IncrementalDetokenizer.add
+    monkeypatch.setattr(IncrementalDetokenizer, "add", lambda self, token_id: add(self, token_id) + "\x00")
+    streamed = []
+    publish_token = publisher.publish_token
+    monkeypatch.setattr(publisher, "publish_token",
+                        lambda message_id, **frame: streamed.append(frame["text"]) or publish_token(message_id, **frame))
+    _, reply, _ = message_send(user=make_user(), plan=plan_get(FREE), conversation_id=None, content="Hello")
+    reply_generate(message_id=reply.id)
+    reply.refresh_from_db()
+    assert reply.status == "done"
+    assert "\x00" not in reply.content and reply.content.count("\ufffd") == reply.completion_tokens
+    assert "".join(streamed) == reply.content

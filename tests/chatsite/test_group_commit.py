@@ -103,6 +103,56 @@ def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_still_run
     assert isinstance(errors[1], ValueError) and results == {2: 20}
 
 
+def _batch_behind_a_held_one(run, items: list[int]):
+    """Runs `items` as one batch (behind a first batch of 0 held until they all wait); the
+    batches `run` was called with, the results and the errors."""
+    release, batches = threading.Event(), []
+
+    def recorded(batch: list[int]) -> list:
+        batches.append(list(batch))
+        if batch == [0]:
+            release.wait(10)
+        return run(batch)
+
+    group = GroupCommit(recorded)
+    threads, results, errors, _ = _call_in_threads(group, [0, *items])
+    threads[0].start()
+    _wait_until(lambda: len(batches) == 1)
+    for queued, item in enumerate(items, start=1):
+        threads[item].start()
+        _wait_until(lambda queued=queued: group.waiting == queued)
+    release.set()
+    for thread in threads.values():
+        thread.join(10)
+    assert group.waiting == 0
+    return batches, results, errors
+
+
+def test_an_item_that_fails_its_batch_fails_only_its_own_caller():
+    def run(batch: list[int]) -> list[int]:
+        if 3 in batch:  # the database refuses this item, and with it the whole transaction
+            raise ValueError("text fields cannot contain NUL")
+        return [item * 10 for item in batch]
+
+    batches, results, errors = _batch_behind_a_held_one(run, [1, 2, 3, 4])
+    assert results == {0: 0, 1: 10, 2: 20, 4: 40}
+    assert list(errors) == [3] and "NUL" in str(errors[3])
+    assert batches == [[0], [1, 2, 3, 4], [1], [2], [3], [4]]
+
+
+def test_a_batch_that_fails_for_everyone_fails_each_caller_with_its_own_error():
+    def run(batch: list[int]) -> list[int]:
+        if batch != [0]:
+            raise ConnectionError(f"the database went away ({batch})")
+        return [0]
+
+    batches, results, errors = _batch_behind_a_held_one(run, [1, 2])
+    assert results == {0: 0}
+    assert {item: str(error) for item, error in errors.items()} == {
+        1: "the database went away ([1])", 2: "the database went away ([2])"}
+    assert batches == [[0], [1, 2], [1], [2]]
+
+
 def test_a_batch_that_returns_the_wrong_number_of_results_fails_its_callers():
     group = GroupCommit(lambda items: [])
     with pytest.raises(RuntimeError, match="a batch of 1 gave 0 results"):

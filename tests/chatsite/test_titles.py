@@ -20,6 +20,7 @@ pytestmark = pytest.mark.django_db
         ("  \n  ", None),
         ("42 !!", None),
         ("word " * 30, ("word " * 30).strip()[:59].rstrip() + "…"),
+        ("Tea\x00 at home", "Tea\ufffd at home"),  # PostgreSQL stores no NUL
     ],
 )
 def test_what_the_model_wrote_is_cleaned_into_a_one_line_title(written, title):
