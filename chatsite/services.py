@@ -13,6 +13,7 @@ from django.utils import timezone
 from billing.plans import Plan, plan_get
 from billing.quota import QuotaExceeded, QuotaStatus, quota_consume, quota_consume_many, quota_refund
 from chatsite.celery import app as celery_app
+from chatsite.celery import broker_priority
 from chatsite.leases import pending_lease_expiry
 from chatsite.models import Conversation, Feedback, Message
 from chatsite.selectors import STOPS_CHANGED_KEY, stop_key
@@ -295,7 +296,7 @@ def reply_send(*, reply: Message) -> None:
     committed and the caller listens to its group; touches no database, so it need not take
     one of the threads that do."""
     plan = plan_get(reply.plan)
-    celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=plan.priority)
+    celery_app.send_task(GENERATE_REPLY_TASK, args=[reply.id], queue=plan.queue, priority=broker_priority(plan.priority))
 
 
 class ServiceUnavailable(Exception):

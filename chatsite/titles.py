@@ -39,9 +39,11 @@ def title_request(*, conversation: Conversation) -> None:
     if answers["n"] != 1:
         return
     from chatsite.celery import app as celery_app
+    from chatsite.celery import broker_priority
 
     try:
-        celery_app.send_task(TITLE_TASK, args=[conversation.id], queue=settings.CHAT_QUEUE_FREE, priority=0)
+        celery_app.send_task(TITLE_TASK, args=[conversation.id], queue=settings.CHAT_QUEUE_FREE,
+                             priority=broker_priority(TITLE_PRIORITY))
     except Exception as error:  # a title is a nicety: the first message stays the title
         logger.warning("could not ask for a title for conversation %s: %r", conversation.id, error)
 
