@@ -175,25 +175,15 @@ def sample_batch(
         banned = torch.zeros(vocab, dtype=torch.bool, device=device)
         banned[on_device(sorted(banned_tokens), device)] = True
         logits.masked_fill_(on_device(ban_rows, device)[:, None] & banned[None, :], float("-inf"))
-    log_probabilities = torch.log_softmax(logits, dim=-1)
-    greedy = on_device([p.greedy for p in params], device)
+    # The picked token's log-probability is its logit less the row's log-normaliser: the whole
+    # log_softmax is not needed.
+    log_normaliser = torch.logsumexp(logits, dim=-1)
+    is_greedy = [p.greedy for p in params]
     temperature = on_device([1.0 if p.greedy else p.temperature for p in params], device)[:, None]
-    scaled = logits / temperature
-    top_k = [p.top_k if p.top_k and not p.greedy else 0 for p in params]
+    top_k = [min(p.top_k, vocab) if p.top_k and not p.greedy else 0 for p in params]
     top_p = [p.top_p if not p.greedy else 1.0 for p in params]
-    if any(top_k) or any(p < 1.0 for p in top_p):
-        sorted_logits, order = torch.sort(scaled, dim=-1, descending=True)
-        k = on_device([min(k, vocab) if k else vocab for k in top_k], device)[:, None]
-        kth_largest = sorted_logits.gather(1, k - 1)
-        sorted_logits = sorted_logits.masked_fill(sorted_logits < kth_largest, float("-inf"))
-        sorted_probabilities = torch.softmax(sorted_logits, dim=-1)
-        # Drop a token when the ones before it already reach top_p; the first always stays.
-        p = on_device(top_p, device)[:, None]
-        drop = ((sorted_probabilities.cumsum(dim=-1) - sorted_probabilities) >= p) & (p < 1.0)
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        scaled = torch.empty_like(scaled).scatter_(1, order, sorted_logits)
-    probabilities = torch.softmax(scaled, dim=-1)
-    finite = torch.isfinite(probabilities).all(dim=-1) | greedy
+    truncated = [row for row in range(rows) if not is_greedy[row] and (top_k[row] or top_p[row] < 1.0)]
+    plain = [row for row in range(rows) if not is_greedy[row] and not (top_k[row] or top_p[row] < 1.0)]
     # Inverse transform: one uniform number per row, the first token whose cumulative
     # probability passes it (a token of probability 0 never does). A seeded row draws its
     # number from its own generator, so its tokens do not depend on the rest of the batch.
@@ -202,14 +192,85 @@ def sample_batch(
     if seeded:
         draws = torch.cat([torch.rand(1, generator=generators[row], device=generators[row].device) for row in seeded])
         uniform[on_device(seeded, device), 0] = on_device(draws, device)
-    cumulative = probabilities.nan_to_num_(nan=0.0).cumsum_(dim=-1)
-    sampled = torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=vocab - 1)[:, 0]
-    tokens = torch.where(greedy, logits.argmax(dim=-1), sampled)
+    tokens = logits.argmax(dim=-1)  # the greedy rows'; sampled rows are written over
+    finite = torch.ones(rows, dtype=torch.bool, device=device)  # a greedy row is always decided
+    if plain:
+        index = on_device(plain, device)
+        probabilities = torch.softmax(logits[index] / temperature[index], dim=-1)
+        finite[index] = torch.isfinite(probabilities).all(dim=-1)
+        cumulative = probabilities.nan_to_num_(nan=0.0).cumsum_(dim=-1)
+        tokens[index] = torch.searchsorted(cumulative, uniform[index] * cumulative[:, -1:], right=True).clamp_(max=vocab - 1)[:, 0]
+    if truncated:
+        index = on_device(truncated, device)
+        picked, decided = _sample_truncated(
+            logits[index] / temperature[index], [top_k[row] for row in truncated], [top_p[row] for row in truncated],
+            uniform[index],
+        )
+        tokens[index], finite[index] = picked, decided
     tokens = torch.where(finite, tokens, 0)
-    picked = log_probabilities.gather(1, tokens[:, None])[:, 0]
+    picked = logits.gather(1, tokens[:, None])[:, 0] - log_normaliser
     # One copy back for the three: ids are exact in float64.
     chosen = torch.stack([tokens.double(), picked.double(), finite.double()])
     if not to_host:
         return chosen
     ids, logprobs, ok = chosen.tolist()
     return [int(i) for i in ids], logprobs, [bool(flag) for flag in ok]
+
+
+# A top-k or top-p row first looks for its kept tokens among this many of its most likely ones,
+# then among the next number's, and only then sorts its whole vocabulary: sorting 64 rows of
+# SmolLM2's 49,152 took 290 ms on a 2-core CPU, their top 64 6 ms, and at temperature 0.7
+# the top 64 held the nucleus (top-p 0.9) at 99 % of SmolLM2's steps (96 % within 1,024 at
+# temperature 1.0).
+CANDIDATES = (64, 1024)
+
+
+def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float], uniform: torch.Tensor):
+    """Top-k then top-p (on the probabilities renormalised over the top k) for every row of
+    `scaled` [rows, vocab] (logits over temperature), drawing with `uniform` [rows, 1] among the
+    kept tokens, most likely first: the same token whichever width found them. `top_k[r]` 0 is
+    no top-k, at most the vocabulary. Returns (token ids, a per-row "finite" flag)."""
+    rows, vocab = scaled.shape
+    device = scaled.device
+    tokens = torch.zeros(rows, dtype=torch.long, device=device)
+    finite = torch.zeros(rows, dtype=torch.bool, device=device)
+    log_normaliser = torch.logsumexp(scaled, dim=-1)
+    pending = list(range(rows))
+    # On a GPU the whole sort is cheap, and knowing which rows the candidates decided would
+    # wait for the device.
+    widths = [w for w in CANDIDATES if w < vocab] if device.type == "cpu" else []
+    for width in (*widths, vocab):
+        index = on_device(pending, device)
+        if width < vocab:
+            values, order = torch.topk(scaled[index], width, dim=-1)  # most likely first
+        else:
+            values, order = torch.sort(scaled[index], dim=-1, descending=True)
+        k = [top_k[row] or vocab for row in pending]
+        k_column = on_device(k, device)[:, None]
+        in_top_k = torch.arange(width, device=device)[None, :] < k_column
+        values = values.masked_fill(~in_top_k, float("-inf"))
+        # Renormalised over the top k where they are all here, else over the whole vocabulary.
+        within = on_device([k_row <= width for k_row in k], device)
+        normaliser = torch.where(within, torch.logsumexp(values, dim=-1), log_normaliser[index])
+        probabilities = torch.exp(values - normaliser[:, None])
+        # Drop a token when the ones before it already reach top_p; the first always stays.
+        p = on_device([top_p[row] for row in pending], device)[:, None]
+        drop = ((probabilities.cumsum(dim=-1) - probabilities) >= p) & (p < 1.0)
+        kept = torch.softmax(values.masked_fill(drop, float("-inf")), dim=-1)
+        cumulative = kept.nan_to_num(nan=0.0).cumsum(dim=-1)
+        choice = torch.searchsorted(cumulative, uniform[index] * cumulative[:, -1:], right=True).clamp_(max=width - 1)
+        picked, picked_finite = order.gather(1, choice)[:, 0], torch.isfinite(kept).all(dim=-1)
+        if width == vocab:  # the whole vocabulary, sorted: every row is decided
+            tokens[index], finite[index] = picked, picked_finite
+            break
+        # Decided here when its top k are all here, or (no top-k) what is here reaches top_p.
+        no_top_k = on_device([k_row == vocab for k_row in k], device)
+        decided = (within | (no_top_k & (probabilities.sum(dim=-1) >= p[:, 0]))).tolist()
+        here = [position for position, done in enumerate(decided) if done]
+        if here:
+            positions = on_device(here, device)
+            tokens[index[positions]], finite[index[positions]] = picked[positions], picked_finite[positions]
+        pending = [row for row, done in zip(pending, decided, strict=True) if not done]
+        if not pending:
+            break
+    return tokens, finite

@@ -191,3 +191,31 @@ def test_a_row_without_finite_probabilities_is_flagged_and_the_others_are_not_to
     tokens, _, finite = draw_batch(logits, [SamplingParams(temperature=1.0), SamplingParams(temperature=0)])
     assert finite == [False, True]
     assert tokens[1] == 1
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(temperature=0.8, top_p=0.9),  # peaked rows: the top 64 hold the nucleus
+        SamplingParams(temperature=1.0, top_k=40),
+        SamplingParams(temperature=1.0, top_k=300, top_p=0.95),  # top-k beyond the first width
+        SamplingParams(temperature=1.0, top_k=1500),  # beyond both widths: the whole sort
+        SamplingParams(temperature=2.0, top_p=0.99),  # flat rows: the nucleus is thousands wide
+    ],
+)
+def test_truncated_rows_draw_the_same_tokens_from_their_top_candidates_as_from_a_whole_sort(params, monkeypatch):
+    """A top-k / top-p row looks among its most likely tokens first (inference.sampling.CANDIDATES)
+    and sorts its whole vocabulary only where they do not decide it: the draws must be the ones
+    the whole sort gives, row by row, seed by seed."""
+    from inference import sampling
+
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(8, 5000, generator=generator) * torch.linspace(0.5, 6.0, 8)[:, None]  # flat to peaked
+
+    def draws():
+        return [draw_batch(logits, [params] * 8, seeds=list(range(seed, seed + 8)))[0] for seed in range(40)]
+
+    quick = draws()
+    monkeypatch.setattr(sampling, "CANDIDATES", ())
+    assert quick == draws()
+    assert len({token for row in quick for token in row}) > 40  # they did draw, and widely
