@@ -16,8 +16,11 @@ when the text assembled from its token frames, by their offsets as the page does
 end's `content`, or the two tabs saw different ends (`errors` says which turn and why).
 `stray` counts frames of a reply other than the one a turn follows, which the page ignores;
 `healed`, turns whose socket missed a frame and asked for the text again, and whose end,
-which the page shows, came first with the whole text. Exits 1 if any turn is lost, failed or garbled, or a server
-process logged a traceback.
+which the page shows, came first with the whole text. `--api`: API clients instead, one in
+ten on Plus, each call drawn from API_TURNS (streamed, left at the first chunk, whole, `n`,
+`best_of`, a parameter out of range, one seeded call sent twice at once) with its sampling
+drawn from SAMPLINGS; the report adds each plan's time to first text. Exits 1 if any turn is
+lost, failed or garbled, or a server process logged a traceback.
 
     .venv/bin/python -m tests.soak [--users 200] [--duration 180] [--embedded] [--api] [--real-model] [--set VAR=value]
 """
@@ -70,14 +73,17 @@ for user in User.objects.filter(username__startswith="soak").order_by("id"):
 print(json.dumps(keys))
 """
 
-# Creates the users and an API key for each (`--api`), printing the keys.
+# Creates the users and an API key for each (`--api`), one in ten on Plus, printing the keys.
 CREATE_API_KEYS = """
 import json
 from django.contrib.auth import get_user_model
 from billing.api_keys import api_key_create
+from billing.models import PlanGrant
 User = get_user_model()
 User.objects.bulk_create([User(username=f"soak{n}") for n in range({users})])
-print(json.dumps([api_key_create(user=user, name="soak")[1] for user in User.objects.filter(username__startswith="soak")]))
+users = list(User.objects.filter(username__startswith="soak").order_by("id"))
+PlanGrant.objects.bulk_create([PlanGrant(user=user, reason="soak") for user in users[::10]])
+print(json.dumps([{"key": api_key_create(user=user, name="soak")[1], "plus": n % 10 == 0} for n, user in enumerate(users)]))
 """
 
 
@@ -98,7 +104,7 @@ def main() -> int:
     folder = Path(tempfile.mkdtemp(prefix="chatsite-soak-"))
     env = server_env(
         CHATSITE_DATA_DIR=str(folder), FREE_MESSAGES_PER_WINDOW="100000", FREE_MAX_OUTPUT_TOKENS="64",
-        CHAT_MAX_RUNNING="64", LOG_LEVEL="WARNING",
+        PLUS_MESSAGES_PER_WINDOW="100000", PLUS_MAX_OUTPUT_TOKENS="64", CHAT_MAX_RUNNING="64", LOG_LEVEL="WARNING",
     )
     if not args.real_model:
         env.update(CHAT_MODEL=str(build_tiny_model(folder / "model")), CHAT_DTYPE="fp32")
@@ -131,7 +137,7 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
     try:
         print(f"{args.users} {'API clients' if args.api else 'users'} chatting for {args.duration:.0f} s against "
               f"{server.url} ({'distributed' if worker else 'embedded'}) ...", flush=True)
-        results = asyncio.run(_run(server.url, keys, args.duration, _api_user if args.api else _user))
+        results = asyncio.run(_run(server.url, keys, args.duration, _api_client if args.api else _user))
         unfinished = _settle(connect)
         alive = all(process.popen.poll() is None for process in processes)
     finally:
@@ -148,8 +154,15 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
         "unfinished_rows_after_the_run": unfinished, "tracebacks_in_the_logs": tracebacks, "processes_alive": alive,
         "ttft_p50_s": round(statistics.median(ttfts), 3) if ttfts else None,
         "ttft_p95_s": round(ttfts[int(0.95 * (len(ttfts) - 1))], 3) if ttfts else None,
+        **({"plus_ttft_p50_s": _median([t for user in results if user.get("plus") for t in user["ttft"]]),
+            "free_ttft_p50_s": _median([t for user in results if not user.get("plus") for t in user["ttft"]])}
+           if args.api else {}),
         "traces": [trace for user in results for trace in user["traces"]],
     }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
 
 
 async def _run(base_url: str, keys: list[str], duration: float, user) -> list[dict]:
@@ -353,58 +366,146 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
             return socket_, frame if frame.get("code") == "generation_failed" else None
 
 
-# What an API client does each call: read the streamed answer to its end, or leave at its
-# first chunk (which stops the reply: nobody can read it).
-API_TURNS = {"stream": 2, "leave": 1}
+# What an API client does each call: read a streamed answer to its end, or leave at its first
+# chunk (which stops the reply: nobody can read it); ask for a whole answer at once; ask for
+# several answers (`n`) or the best of several candidates (Plus only); send a call with a
+# parameter out of range (a 400 that must change nothing for anyone else); send the same
+# seeded call twice at once (both must get the same text). Each call draws its sampling from
+# SAMPLINGS, so every batch mixes greedy rows with sampled, penalised and stopping ones.
+API_TURNS = {"stream": 4, "leave": 2, "whole": 1.5, "n": 1, "best_of": 0.5, "bad": 0.5, "seeded": 0.5}
+SAMPLINGS = (
+    {},
+    {"temperature": 0},
+    {"temperature": 0.8, "top_p": 0.9},
+    {"temperature": 1.2, "top_k": 40},
+    {"temperature": 0.7, "repetition_penalty": 1.3},
+    {"temperature": 1.0, "seed": 7},
+    {"stop": ["e"]},
+    {"temperature": 0.9, "stop": ["a", "o"], "max_tokens": 24},
+    {"min_tokens": 20, "max_tokens": 32},
+)
+BAD_CALLS = (  # each must be a 400 with OpenAI's error object
+    {"temperature": 5},
+    {"top_p": 0},
+    {"top_k": -5},
+    {"repetition_penalty": 0},
+    {"max_tokens": 10**6},
+    {"stop": ["x" * 300]},
+    {"seed": -1},
+    {"n": 0},
+    {"tools": [{"type": "function", "function": {"name": "f"}}]},
+)
 
 
-async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random) -> dict:
-    """Streamed /v1/chat/completions calls, one after another. A call that reads to the end
-    must see its choice's finish_reason and then `[DONE]`, else it is `garbled`."""
-    result = _result()
+async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random, *, plus: bool = False) -> dict:
+    """Calls of /v1/chat/completions, one after another; each call's answer is checked (a choice
+    per `n`, each with its finish_reason, no stop string in a text, `[DONE]` after a stream),
+    else the call is `garbled`."""
+    result = {**_result(), "plus": plus}
     await asyncio.sleep(rng.uniform(0, 5))
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT_S, headers={"Authorization": f"Bearer {key}"}) as http:
         while time.monotonic() < deadline:
-            kind = rng.choices(list(API_TURNS), list(API_TURNS.values()))[0]
+            kinds = [kind for kind in API_TURNS if plus or kind not in ("n", "best_of")]
+            kind = rng.choices(kinds, [API_TURNS[kind] for kind in kinds])[0]
             result["turns"][kind] += 1
-            body = {"model": "model", "stream": True, "messages": [{"role": "user", "content": f"Hi, {rng.randrange(10**6)}"}]}
-            sent, finish, done, first_text = time.monotonic(), None, False, True
+            body = {"model": "model", "messages": [{"role": "user", "content": f"Hi, {rng.randrange(10**6)}"}],
+                    **rng.choice(SAMPLINGS), "stream": kind in ("stream", "leave") or rng.random() < 0.5}
+            if kind == "n":
+                body["n"] = rng.randint(2, 4)
+            elif kind == "best_of":
+                body["best_of"] = rng.randint(2, 4)
             try:
-                async with http.stream("POST", "/v1/chat/completions", json=body) as response:
-                    if response.status_code != 200:
-                        result["failed"] += 1
-                        result["errors"][f"{response.status_code}: {(await response.aread()).decode()[:200]}"] += 1
-                        continue
-                    async for line in response.aiter_lines():
-                        if line == "data: [DONE]":
-                            done = True
-                            break
-                        if not line.startswith("data: "):
-                            continue
-                        chunk = json.loads(line[len("data: "):])
-                        if "error" in chunk:
-                            result["failed"] += 1
-                            result["errors"][f"stream: {chunk['error'].get('message')}"] += 1
-                            break
-                        choice = (chunk.get("choices") or [{}])[0]
-                        if choice.get("delta", {}).get("content") and first_text:
-                            first_text = False
-                            result["ttft"].append(time.monotonic() - sent)
-                            if kind == "leave":
-                                result["ends"]["leave: left"] += 1
-                                break
-                        finish = choice.get("finish_reason") or finish
+                if kind == "bad":
+                    await _api_bad(http, body, rng.choice(BAD_CALLS), result)
+                elif kind == "seeded":
+                    body.update(temperature=1.0, seed=rng.randrange(2**32), stream=False)
+                    first, second = await asyncio.gather(_api_call(http, body, kind, result),
+                                                         _api_call(http, body, kind, result))
+                    if first is not None and second is not None and first != second:
+                        _garbled(result, kind, "the same seed gave two texts")
+                else:
+                    await _api_call(http, body, kind, result)
             except (httpx.HTTPError, OSError) as error:
                 result["lost"] += 1
-                result["errors"][f"lost: {error!r}"[:200]] += 1
-                continue
-            if kind == "stream" and done:
-                result["completed"] += 1
-                result["ends"][f"stream: {finish}"] += 1
-                if finish is None:
-                    _garbled(result, kind, "no finish_reason before [DONE]")
+                result["errors"][f"lost ({kind}, {'Plus' if plus else 'Free'}): {error!r}"[:200]] += 1
             await asyncio.sleep(rng.uniform(0.1, 0.5))
     return result
+
+
+async def _api_bad(http: httpx.AsyncClient, body: dict, bad: dict, result: dict) -> None:
+    response = await http.post("/v1/chat/completions", json={**body, **bad})
+    error = response.json().get("error") if response.headers.get("content-type", "").startswith("application/json") else None
+    if response.status_code == 400 and isinstance(error, dict) and error.get("message"):
+        result["ends"]["bad: 400"] += 1
+    else:
+        result["failed"] += 1
+        result["errors"][f"bad {sorted(bad)}: {response.status_code} {response.text[:150]}"] += 1
+
+
+async def _api_call(http: httpx.AsyncClient, body: dict, kind: str, result: dict) -> list[str] | None:
+    """One call; its choices' texts when it was read to its end and every check held, else None."""
+    sent = time.monotonic()
+    if not body["stream"]:
+        response = await http.post("/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            result["failed"] += 1
+            result["errors"][f"{response.status_code}: {response.text[:200]}"] += 1
+            return None
+        result["ttft"].append(time.monotonic() - sent)
+        choices = response.json()["choices"]
+        texts = {choice["index"]: choice["message"]["content"] for choice in choices}
+        finishes = {choice["index"]: choice["finish_reason"] for choice in choices}
+        return _api_checked(body, kind, texts, finishes, result)
+    texts, finishes, done, first_text = collections.defaultdict(str), {}, False, True
+    async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+        if response.status_code != 200:
+            result["failed"] += 1
+            result["errors"][f"{response.status_code}: {(await response.aread()).decode()[:200]}"] += 1
+            return None
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                done = True
+                break
+            if not line.startswith("data: "):
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if "error" in chunk:
+                result["failed"] += 1
+                result["errors"][f"stream: {chunk['error'].get('message')}"] += 1
+                return None
+            for choice in chunk.get("choices") or []:
+                texts[choice["index"]] += choice.get("delta", {}).get("content") or ""
+                if choice.get("finish_reason"):
+                    finishes[choice["index"]] = choice["finish_reason"]
+            if first_text and any(texts.values()):
+                first_text = False
+                result["ttft"].append(time.monotonic() - sent)
+                if kind == "leave":
+                    result["ends"]["leave: left"] += 1
+                    return None
+    if not done:
+        _garbled(result, kind, "the stream ended without [DONE]")
+        return None
+    return _api_checked(body, kind, dict(texts), finishes, result)
+
+
+def _api_checked(body: dict, kind: str, texts: dict, finishes: dict, result: dict) -> list[str] | None:
+    expected = list(range(body.get("n", 1)))
+    if sorted(finishes) != expected:
+        _garbled(result, kind, f"finish_reason for choices {sorted(finishes)}, expected {expected}")
+        return None
+    stops = body.get("stop") or []
+    if any(stop in text for stop in stops for text in texts.values()):
+        _garbled(result, kind, "a stop string in the text")
+        return None
+    result["completed"] += 1
+    for finish in finishes.values():
+        result["ends"][f"{kind}: {finish}"] += 1
+    return [texts.get(index, "") for index in expected]
+
+
+async def _api_client(base_url: str, entry: dict, deadline: float, rng: random.Random) -> dict:
+    return await _api_user(base_url, entry["key"], deadline, rng, plus=entry["plus"])
 
 
 def _garbled(result: dict, kind: str, why: str) -> None:
