@@ -228,8 +228,8 @@ CANDIDATES = (64, 1024)
 def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float], uniform: torch.Tensor):
     """Top-k then top-p (on the probabilities renormalised over the top k) for every row of
     `scaled` [rows, vocab] (logits over temperature), drawing with `uniform` [rows, 1] among the
-    kept tokens, most likely first: the same token whichever width found them. `top_k[r]` 0 is
-    no top-k, at most the vocabulary. Returns (token ids, a per-row "finite" flag)."""
+    kept tokens in vocabulary order: the same token whichever width found them. `top_k[r]` 0
+    is no top-k, at most the vocabulary. Returns (token ids, a per-row "finite" flag)."""
     rows, vocab = scaled.shape
     device = scaled.device
     tokens = torch.zeros(rows, dtype=torch.long, device=device)
@@ -256,10 +256,22 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
         # Drop a token when the ones before it already reach top_p; the first always stays.
         p = on_device([top_p[row] for row in pending], device)[:, None]
         drop = ((probabilities.cumsum(dim=-1) - probabilities) >= p) & (p < 1.0)
-        kept = torch.softmax(values.masked_fill(drop, float("-inf")), dim=-1)
+        values = values.masked_fill(drop, float("-inf"))
+        # The draw walks the kept tokens in vocabulary order, not most likely first: tokens of
+        # nearly equal probability swap places in a sort at the least rounding difference (the
+        # batch a row shares changes the last bits of its logits), and a seeded answer then
+        # drew another token in one case in four on a flat distribution.
+        if width == vocab:
+            ids = None
+            values = torch.empty_like(values).scatter_(1, order, values)
+        else:
+            ids, by_id = torch.sort(order, dim=-1)
+            values = values.gather(1, by_id)
+        kept = torch.softmax(values, dim=-1)
         cumulative = kept.nan_to_num(nan=0.0).cumsum(dim=-1)
         choice = torch.searchsorted(cumulative, uniform[index] * cumulative[:, -1:], right=True).clamp_(max=width - 1)
-        picked, picked_finite = order.gather(1, choice)[:, 0], torch.isfinite(kept).all(dim=-1)
+        picked = choice[:, 0] if ids is None else ids.gather(1, choice)[:, 0]
+        picked_finite = torch.isfinite(kept).all(dim=-1)
         if width == vocab:  # the whole vocabulary, sorted: every row is decided
             tokens[index], finite[index] = picked, picked_finite
             break
