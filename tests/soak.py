@@ -18,7 +18,8 @@ end's `content`, or the two tabs saw different ends (`errors` says which turn an
 `healed`, turns whose socket missed a frame and asked for the text again, and whose end,
 which the page shows, came first with the whole text. `--api`: API clients instead, one in
 ten on Plus, each call drawn from API_TURNS (streamed, left at the first chunk, whole, `n`,
-`best_of`, a parameter out of range, one seeded call sent twice at once) with its sampling
+`best_of`, a parameter out of range, one seeded call sent twice at once: `seed_differs`
+counts the pairs whose texts differ, which seeds allow in a shared batch) with its sampling
 drawn from SAMPLINGS; the report adds each plan's time to first text. Exits 1 if any turn is
 lost, failed or garbled, or a server process logged a traceback.
 
@@ -145,7 +146,7 @@ def _soak(env: dict, folder: Path, args, *, connect, worker: bool) -> dict:
             process.stop()
     tracebacks = sum(process.log().count("Traceback (most recent call last)") for process in processes)
     ttfts = sorted(t for user in results for t in user["ttft"])
-    total = {name: sum(user[name] for user in results) for name in ("completed", "failed", "lost", "garbled", "rewatched", "stray", "healed")}
+    total = {name: sum(user[name] for user in results) for name in ("completed", "failed", "lost", "garbled", "rewatched", "stray", "healed", "seed_differs")}
     counted = {name: sum((user[name] for user in results), collections.Counter()) for name in ("turns", "ends", "errors")}
     return {
         "users": args.users, "duration_s": args.duration, "mode": "distributed" if worker else "embedded",
@@ -171,7 +172,8 @@ async def _run(base_url: str, keys: list[str], duration: float, user) -> list[di
 
 
 def _result() -> dict:
-    return {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "stray": 0, "healed": 0, "ttft": [], "traces": [], "seen": [],
+    return {"completed": 0, "failed": 0, "lost": 0, "garbled": 0, "rewatched": 0, "stray": 0, "healed": 0, "seed_differs": 0,
+            "ttft": [], "traces": [], "seen": [],
             "errors": collections.Counter(), "turns": collections.Counter(), "ends": collections.Counter()}
 
 
@@ -370,7 +372,7 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
 # chunk (which stops the reply: nobody can read it); ask for a whole answer at once; ask for
 # several answers (`n`) or the best of several candidates (Plus only); send a call with a
 # parameter out of range (a 400 that must change nothing for anyone else); send the same
-# seeded call twice at once (both must get the same text). Each call draws its sampling from
+# seeded call twice at once (their texts compared: `seed_differs`). Each call draws its sampling from
 # SAMPLINGS, so every batch mixes greedy rows with sampled, penalised and stopping ones.
 API_TURNS = {"stream": 4, "leave": 2, "whole": 1.5, "n": 1, "best_of": 0.5, "bad": 0.5, "seeded": 0.5}
 SAMPLINGS = (
@@ -421,8 +423,9 @@ async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random
                     body.update(temperature=1.0, seed=rng.randrange(2**32), stream=False)
                     first, second = await asyncio.gather(_api_call(http, body, kind, result),
                                                          _api_call(http, body, kind, result))
-                    if first is not None and second is not None and first != second:
-                        _garbled(result, kind, "the same seed gave two texts")
+                    if first is not None and second is not None:
+                        # Seeds are best effort in a shared batch (docs/engine.md#sampling): counted, not a fault.
+                        result["seed_differs"] += first != second
                 else:
                     await _api_call(http, body, kind, result)
             except (httpx.HTTPError, OSError) as error:
