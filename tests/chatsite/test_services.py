@@ -62,8 +62,13 @@ def test_nobody_can_stop_someone_elses_reply(make_user):
     assert replies_stop_requested(message_ids=[reply.id]) == set()
 
 
-@pytest.mark.parametrize(("plan_code", "queue", "priority"), [("free", "free", 0), ("plus", "plus", 10)])
-def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(make_user, monkeypatch, plan_code, queue, priority):
+@pytest.mark.parametrize(("broker", "plan_code", "queue", "priority"), [
+    ("memory://localhost/", "free", "free", 0), ("memory://localhost/", "plus", "plus", 9),
+    ("redis://127.0.0.1:6379/0", "free", "free", 9), ("redis://127.0.0.1:6379/0", "plus", "plus", 0),  # lowest first
+])
+def test_a_reply_is_queued_on_its_plans_queue_with_its_priority(make_user, monkeypatch, settings, broker, plan_code,
+                                                                 queue, priority):
+    settings.CELERY_BROKER_URL = broker
     sent = []
     monkeypatch.setattr(services.celery_app, "send_task", lambda name, **kwargs: sent.append((name, kwargs)))
     _, reply, _ = services.message_send(user=make_user(), plan=plan_get(plan_code), conversation_id=None, content="hi")
