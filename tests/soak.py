@@ -372,8 +372,9 @@ async def _read(socket_, kind: str, chat: dict, result: dict, sent: float, http:
 # chunk (which stops the reply: nobody can read it); ask for a whole answer at once; ask for
 # several answers (`n`) or the best of several candidates (Plus only); send a call with a
 # parameter out of range (a 400 that must change nothing for anyone else); send the same
-# seeded call twice at once (their texts compared: `seed_differs`). Each call draws its sampling from
-# SAMPLINGS, so every batch mixes greedy rows with sampled, penalised and stopping ones.
+# seeded call twice at once (their texts compared: `seed_differs`). Each call draws its
+# sampling from SAMPLINGS, so every batch mixes greedy rows with sampled, penalised and
+# stopping ones.
 API_TURNS = {"stream": 4, "leave": 2, "whole": 1.5, "n": 1, "best_of": 0.5, "bad": 0.5, "seeded": 0.5}
 SAMPLINGS = (
     {},
