@@ -234,7 +234,10 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
     device = scaled.device
     tokens = torch.zeros(rows, dtype=torch.long, device=device)
     finite = torch.zeros(rows, dtype=torch.bool, device=device)
-    log_normaliser = torch.logsumexp(scaled, dim=-1)
+    # The probabilities from softmax (exp(x - max) / sum): taken as exp(x - logsumexp), every one
+    # of a row carried the rounding of logsumexp (~1e-6 at -log(vocab)), which moved the
+    # nucleus's edge at the least change in a logit.
+    probabilities_all = torch.softmax(scaled, dim=-1)
     pending = list(range(rows))
     # On a GPU the whole sort is cheap, and knowing which rows the candidates decided would
     # wait for the device.
@@ -251,8 +254,8 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
         values = values.masked_fill(~in_top_k, float("-inf"))
         # Renormalised over the top k where they are all here, else over the whole vocabulary.
         within = on_device([k_row <= width for k_row in k], device)
-        normaliser = torch.where(within, torch.logsumexp(values, dim=-1), log_normaliser[index])
-        probabilities = torch.exp(values - normaliser[:, None])
+        probabilities = probabilities_all[index].gather(1, order).masked_fill(~in_top_k, 0.0)
+        probabilities = torch.where(within[:, None], probabilities / probabilities.sum(dim=-1, keepdim=True), probabilities)
         # Drop a token when the ones before it already reach top_p; the first always stays.
         p = on_device([top_p[row] for row in pending], device)[:, None]
         drop = ((probabilities.cumsum(dim=-1) - probabilities) >= p) & (p < 1.0)
