@@ -182,8 +182,9 @@ def sample_batch(
     temperature = on_device([1.0 if p.greedy else p.temperature for p in params], device)[:, None]
     top_k = [min(p.top_k, vocab) if p.top_k and not p.greedy else 0 for p in params]
     top_p = [p.top_p if not p.greedy else 1.0 for p in params]
-    truncated = [row for row in range(rows) if not is_greedy[row] and (top_k[row] or top_p[row] < 1.0)]
-    plain = [row for row in range(rows) if not is_greedy[row] and not (top_k[row] or top_p[row] < 1.0)]
+    cut = [bool(top_k[row] or top_p[row] < 1.0) for row in range(rows)]
+    truncated = [row for row in range(rows) if not is_greedy[row] and cut[row]]
+    plain = [row for row in range(rows) if not is_greedy[row] and not cut[row]]
     # Inverse transform: one uniform number per row, the first token whose cumulative
     # probability passes it (a token of probability 0 never does). A seeded row draws its
     # number from its own generator, so its tokens do not depend on the rest of the batch.
@@ -198,8 +199,7 @@ def sample_batch(
         index = on_device(plain, device)
         probabilities = torch.softmax(logits[index] / temperature[index], dim=-1)
         finite[index] = torch.isfinite(probabilities).all(dim=-1)
-        cumulative = probabilities.nan_to_num_(nan=0.0).cumsum_(dim=-1)
-        tokens[index] = torch.searchsorted(cumulative, uniform[index] * cumulative[:, -1:], right=True).clamp_(max=vocab - 1)[:, 0]
+        tokens[index] = _inverse_transform(probabilities, uniform[index])
     if truncated:
         index = on_device(truncated, device)
         picked, decided = _sample_truncated(
@@ -262,8 +262,7 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
         values = values.masked_fill(drop, float("-inf"))
         # The draw walks the kept tokens in vocabulary order, not most likely first: tokens of
         # nearly equal probability swap places in a sort at the least rounding difference (the
-        # batch a row shares changes the last bits of its logits), and a seeded answer then
-        # drew another token in one case in four on a flat distribution.
+        # batch a row shares changes the last bits of its logits), which moved seeded draws.
         if width == vocab:
             ids = None
             values = torch.empty_like(values).scatter_(1, order, values)
@@ -271,10 +270,9 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
             ids, by_id = torch.sort(order, dim=-1)
             values = values.gather(1, by_id)
         kept = torch.softmax(values, dim=-1)
-        cumulative = kept.nan_to_num(nan=0.0).cumsum(dim=-1)
-        choice = torch.searchsorted(cumulative, uniform[index] * cumulative[:, -1:], right=True).clamp_(max=width - 1)
-        picked = choice[:, 0] if ids is None else ids.gather(1, choice)[:, 0]
         picked_finite = torch.isfinite(kept).all(dim=-1)
+        choice = _inverse_transform(kept, uniform[index])
+        picked = choice if ids is None else ids.gather(1, choice[:, None])[:, 0]
         if width == vocab:  # the whole vocabulary, sorted: every row is decided
             tokens[index], finite[index] = picked, picked_finite
             break
@@ -289,3 +287,11 @@ def _sample_truncated(scaled: torch.Tensor, top_k: list[int], top_p: list[float]
         if not pending:
             break
     return tokens, finite
+
+
+def _inverse_transform(probabilities: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Per row of `probabilities` [rows, n], the first position whose cumulative probability
+    passes `uniform` [rows, 1] of the row's total; a position of probability 0 never does.
+    Not-a-number counts as 0 (the caller flags such rows). Edits `probabilities`."""
+    cumulative = probabilities.nan_to_num_(nan=0.0).cumsum_(dim=-1)
+    return torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=probabilities.shape[-1] - 1)[:, 0]
