@@ -121,12 +121,17 @@ class LlamaDecoder:
         positions: torch.Tensor,
         mask: torch.Tensor,
         prefix: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        padded: bool | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """transformers' forward over prompts, from the step's own weights: input_ids and
         positions [rows, tokens]; mask [rows, prefix + tokens], 1 for a real token, 0 for left
         padding; `prefix` per layer (keys, values) [1 or rows, kv_heads, prefix, head_dim], the
         KV of tokens before these (the shared prefix). Returns the last token's logits [rows,
         vocab] and per layer the keys and values [rows, kv_heads, prefix + tokens, head_dim].
+        `padded`: whether any row is padded, where the caller knows; else it is read from
+        `mask`, which waits for the device (a GPU runner launches prefill while a decode step
+        is still running).
 
         Where the step's weights are packed (`_pack`) this is what lets the model's own copies
         go (`drop_model_matrices`). It is transformers' layer op for op: the model's RMSNorm and
@@ -149,7 +154,9 @@ class LlamaDecoder:
         else:
             cos, sin = self.model.model.rotary_emb(hidden, positions)
         attend = None
-        if cached or not bool(mask.all()):
+        if padded is None:
+            padded = not bool(mask.all())
+        if cached or padded:
             columns = torch.arange(cached + tokens, device=mask.device)
             causal = columns[None, :] <= (cached + torch.arange(tokens, device=mask.device))[:, None]
             attend = causal[None, None] & mask.bool()[:, None, None, :]

@@ -127,9 +127,9 @@ class GpuRunner:
     def set_shared_prefix(self, token_ids: list[int]) -> None:
         """Compute once the KV of tokens most prompts begin with; prompts that begin with them
         skip that part of their prefill and copy it into their slot."""
-        input_ids = torch.tensor([token_ids], device=self.device)
+        input_ids = on_device([token_ids], self.device)
         positions = torch.arange(len(token_ids), device=self.device)[None]
-        _, keys, values = self._decoder.prefill(input_ids, positions, torch.ones_like(input_ids))
+        _, keys, values = self._decoder.prefill(input_ids, positions, torch.ones_like(input_ids), padded=False)
         self._prefix = list(token_ids)
         self._prefix_kv = list(zip(keys, values, strict=True))
 
@@ -160,16 +160,18 @@ class GpuRunner:
             mask[row, skip + width - rest :] = 1
             destination[row, :skip] = torch.arange(skip)
             destination[row, skip + width - rest :] = torch.arange(skip, len(tokens))
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, skip:].contiguous()
+        # Copied without waiting for the device: a decode step may still be running on it.
         logits, keys, values = self._decoder.prefill(
-            input_ids.to(self.device), positions.to(self.device), mask.to(self.device), self._prefix_kv if skip else None
+            on_device(input_ids, self.device), on_device(positions, self.device), on_device(mask, self.device),
+            self._prefix_kv if skip else None, padded=not bool(mask.all()),
         )
         slots = torch.tensor([self._slots.take(request_id) for request_id in sequences])
         for request_id, tokens in sequences.items():
             self._lengths[request_id] = len(tokens)
             self._pending.append(request_id)
-        slot_index = slots[:, None].expand(rows, skip + width).to(self.device)
-        destination = destination.to(self.device)
+        slot_index = on_device(slots, self.device)[:, None].expand(rows, skip + width)
+        destination = on_device(destination, self.device)
         for layer_keys, layer_values, new_keys, new_values in zip(self._keys, self._values, keys, values, strict=True):
             # [rows, kv_heads, columns, dim] → [rows, columns, kv_heads, dim], as indexing by
             # (slot, column) lays it out.
@@ -191,10 +193,11 @@ class GpuRunner:
         before = [(keys[slot : slot + 1, :, :start], values[slot : slot + 1, :, :start])
                   for keys, values in zip(self._keys, self._values, strict=True)] if start else None
         logits, keys, values = self._decoder.prefill(
-            torch.tensor([new], device=self.device),
+            on_device([new], self.device),
             torch.arange(start, len(tokens), device=self.device)[None],
             torch.ones((1, len(tokens)), dtype=torch.long, device=self.device),
             before,
+            padded=False,
         )
         for layer_keys, layer_values, part_keys, part_values in zip(self._keys, self._values, keys, values, strict=True):
             layer_keys[slot, :, start : len(tokens)] = part_keys[0, :, start:]

@@ -117,9 +117,11 @@ def on_device(values, device: torch.device) -> torch.Tensor:
     `torch.tensor(values, device="cuda")` waits for the stream (a blocking copy), as may a
     copy from pageable memory: so the values go through pinned memory, asynchronously."""
     tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values)
-    if device.type != "cuda":
+    if device.type == "cpu":
         return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
 
 
 def greedy_batch(logits: torch.Tensor, ban_rows: list[bool], banned_tokens: set[int], *, to_host: bool = True):
