@@ -407,11 +407,12 @@ async def _api_user(base_url: str, key: str, deadline: float, rng: random.Random
     result = {**_result(), "plus": plus}
     await asyncio.sleep(rng.uniform(0, 5))
     async with httpx.AsyncClient(base_url=base_url, timeout=TIMEOUT_S, headers={"Authorization": f"Bearer {key}"}) as http:
+        model = (await http.get("/v1/models")).json()["data"][0]["id"]  # the tiny model's or SmolLM2's name
         while time.monotonic() < deadline:
             kinds = [kind for kind in API_TURNS if plus or kind not in ("n", "best_of")]
             kind = rng.choices(kinds, [API_TURNS[kind] for kind in kinds])[0]
             result["turns"][kind] += 1
-            body = {"model": "model", "messages": [{"role": "user", "content": f"Hi, {rng.randrange(10**6)}"}],
+            body = {"model": model, "messages": [{"role": "user", "content": f"Hi, {rng.randrange(10**6)}"}],
                     **rng.choice(SAMPLINGS), "stream": kind in ("stream", "leave") or rng.random() < 0.5}
             if kind == "n":
                 body["n"] = rng.randint(2, 4)
