@@ -211,7 +211,12 @@ def measure_shape(shape: str, folder: Path, tokenizer, *, with_priority: bool, h
         mark = time.perf_counter()
         result["hf_naive"] = hf_generate(folder, (1,), compiled=False)
         if DEVICE == "cuda":  # compiling for a CPU is minutes of inductor work
-            result["hf_compiled"] = hf_generate(folder, HF_LEVELS, compiled=True)
+            try:  # the compile depends on the image's Triton: a failure must not cost the rest
+                result["hf_compiled"] = hf_generate(folder, HF_LEVELS, compiled=True)
+            except Exception as error:
+                print(f"  transformers compiled generate failed: {error!r}", flush=True)
+                result["hf_compiled"] = {"error": repr(error)}
+                _empty_cache()
         seconds["hf"] = time.perf_counter() - mark
     result["seconds"] = {part: round(value, 1) for part, value in seconds.items()}
     print(f"  {shape} took " + ", ".join(f"{part} {value:.0f} s" for part, value in result["seconds"].items()), flush=True)
