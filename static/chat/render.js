@@ -21,13 +21,14 @@ export function markdownToHtml(text) {
   return DOMPurify.sanitize(markdown.render(text), {ADD_ATTR: ["target"]});
 }
 
-// Code blocks get their language's highlighting and a header with the language and Copy.
-export function decorateCode(container) {
+// Code blocks get a header with the language and Copy, and (`highlight`) their language's
+// highlighting.
+export function decorateCode(container, {highlight = true} = {}) {
   for (const code of container.querySelectorAll("pre > code")) {
     if (code.dataset.decorated) continue;
     code.dataset.decorated = "1";
     const language = (code.className.match(/language-([\w+#-]+)/) || [])[1] || "";
-    if (language && hljs.getLanguage(language)) {
+    if (highlight && language && hljs.getLanguage(language)) {
       code.innerHTML = hljs.highlight(code.textContent, {language}).value;  // hljs escapes the text
       code.classList.add("hljs");
     }
@@ -104,6 +105,9 @@ export class StreamingView {
       return this.update(text);
     }
     this.tail.innerHTML = markdownToHtml(text.slice(this.stableText.length));
+    // A code block still being written has its header already, so nothing moves when it
+    // ends; it is highlighted once, then.
+    decorateCode(this.tail, {highlight: false});
   }
 
   finish(text) {

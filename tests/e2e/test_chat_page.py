@@ -134,6 +134,29 @@ def test_code_is_highlighted_with_a_working_copy_and_tables_render(page: Page, s
     screenshot(page, "code")
 
 
+def test_a_code_block_being_written_has_its_header_and_is_highlighted_when_it_ends(page: Page, server):
+    """The page's streaming renderer, fed an answer a piece at a time as frames feed it: an
+    open fence shows its header (language, Copy) at once, so nothing moves when it closes;
+    its code is highlighted once it ends."""
+    sign_up(page, server, "streamer")
+    parts = page.evaluate(r"""async () => {
+        const {StreamingView} = await import("/static/chat/render.js");
+        const element = document.createElement("div");
+        document.body.append(element);
+        const view = new StreamingView(element);
+        const seen = (text) => {
+            view.update(text);
+            return {headers: [...element.querySelectorAll(".code-header span")].map((span) => span.textContent),
+                    code: element.querySelector("pre code")?.textContent ?? null,
+                    highlighted: element.querySelectorAll(".hljs-keyword").length};
+        };
+        return [seen("Here:\n\n```python\ndef add(a, b):\n"),
+                seen("Here:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nDone")];
+    }""")
+    assert parts[0] == {"headers": ["python"], "code": "def add(a, b):\n", "highlighted": 0}
+    assert parts[1] == {"headers": ["python"], "code": "def add(a, b):\n    return a + b\n", "highlighted": 2}
+
+
 def test_html_from_a_user_or_the_model_is_inert(page: Page, server):
     dialogs = []
     page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
