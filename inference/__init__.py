@@ -2,6 +2,7 @@
 
 Imports no Django and nothing of chatsite, so it can be tested and benchmarked alone.
 """
+import importlib
 import os
 
 # torch's CPU kernels keep a compiled primitive per input shape, in ideep's cache
@@ -13,17 +14,27 @@ import os
 for _cache in ("LRU_CACHE_CAPACITY", "ONEDNN_PRIMITIVE_CACHE_CAPACITY"):
     os.environ.setdefault(_cache, "64")
 
-from inference.engine import Engine, EngineConfig  # noqa: E402 - after the cache sizes
-from inference.requests import FinishEvent, Request, RequestStatus, TokenEvent, Usage  # noqa: E402
-from inference.sampling import SamplingParams  # noqa: E402
+# The names below are imported when first used (PEP 562): a web process that validates
+# sampling parameters or counts a prompt's tokens needs inference.sampling_params and
+# inference.prompts, not torch, the engine and transformers' model classes (seconds of imports
+# in every `manage.py` command and every web process).
+_EXPORTS = {
+    "Engine": "inference.engine",
+    "EngineConfig": "inference.engine",
+    "FinishEvent": "inference.requests",
+    "Request": "inference.requests",
+    "RequestStatus": "inference.requests",
+    "SamplingParams": "inference.sampling_params",
+    "TokenEvent": "inference.requests",
+    "Usage": "inference.requests",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "Engine",
-    "EngineConfig",
-    "FinishEvent",
-    "Request",
-    "RequestStatus",
-    "SamplingParams",
-    "TokenEvent",
-    "Usage",
-]
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'inference' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

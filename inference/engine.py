@@ -27,7 +27,8 @@ from inference.prompts import shared_prefix_ids, tokenizer_lock
 from inference.quant import KINDS as QUANT_KINDS
 from inference.requests import Event, Request, RequestStatus
 from inference.runner import ModelRunner, pick_device, pick_dtype, pick_small_batch_dtype
-from inference.sampling import SamplingParams, greedy_batch, make_generator, sample, sample_batch
+from inference.sampling import greedy_batch, make_generator, sample, sample_batch
+from inference.sampling_params import SamplingParams
 from inference.scheduler import Scheduler
 
 logger = logging.getLogger(__name__)

@@ -49,7 +49,7 @@ from inference.engine import Engine, EngineConfig, EngineShuttingDown, EngineSta
 from inference.heap import heap_freeze
 from inference.loading import load_tokenizer, resolve_model_source
 from inference.requests import Event, EventStream, FinishEvent, RequestStatus, TokenEvent, Usage
-from inference.sampling import SamplingParams
+from inference.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from inference.sampling import SamplingParams
+from inference.sampling_params import SamplingParams
 
 
 class RequestStatus(enum.StrEnum):

@@ -6,10 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from inference.engine import Engine, EngineConfig
-from inference.engine_process import EngineProcess, EngineUnreachable, uses_process
 from inference.heap import heap_freeze
+
+if TYPE_CHECKING:
+    from inference.engine import Engine, EngineConfig
+    from inference.engine_process import EngineProcess
+
+# The engine's modules (torch, transformers' model classes: seconds of imports) are imported
+# when an engine starts: a web process asks `engine_ready` and never starts one.
 
 _engine: Engine | EngineProcess | None = None
 _lock = threading.Lock()
@@ -22,6 +28,9 @@ _unreachable: tuple[str, float] = ("", 0.0)  # the address, and until when
 def engine_start(config: EngineConfig) -> Engine | EngineProcess:
     """A new engine for `config`, loaded and ready: the server at `config.address`, or one in
     this process or a child."""
+    from inference.engine import Engine
+    from inference.engine_process import EngineProcess, uses_process
+
     if config.address:
         return EngineProcess.connect(config.address)
     return EngineProcess.start(config) if uses_process(config) else Engine.load(config)
@@ -30,6 +39,8 @@ def engine_start(config: EngineConfig) -> Engine | EngineProcess:
 def engine_get(config: EngineConfig) -> Engine | EngineProcess:
     """The process's engine, loading it on first use (Celery's worker start calls this early),
     and again if it has ended without a shutdown (an engine process that died)."""
+    from inference.engine_process import EngineUnreachable
+
     global _engine, _unreachable
     with _lock:
         if _engine is None or not _engine.alive:

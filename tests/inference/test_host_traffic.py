@@ -10,7 +10,8 @@ from torch.utils._pytree import tree_leaves
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from inference.gpu_runner import GpuRunner
-from inference.sampling import SamplingParams, greedy_batch, make_generator, on_device, sample_batch
+from inference.sampling import greedy_batch, make_generator, on_device, sample_batch
+from inference.sampling_params import SamplingParams
 
 META = torch.device("meta")
 aten = torch.ops.aten

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from inference.sampling import SamplingParams, make_generator, sample, sample_batch
+from inference.sampling import make_generator, sample, sample_batch
+from inference.sampling_params import SamplingParams
 
 
 def pick(logits, params, seed=0, **kwargs):

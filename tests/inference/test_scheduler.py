@@ -1,5 +1,5 @@
 from inference.requests import Request
-from inference.sampling import SamplingParams
+from inference.sampling_params import SamplingParams
 from inference.scheduler import Scheduler
 
 
