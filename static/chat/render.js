@@ -21,14 +21,15 @@ export function markdownToHtml(text) {
   return DOMPurify.sanitize(markdown.render(text), {ADD_ATTR: ["target"]});
 }
 
-// Code blocks get a header with the language and Copy, and (`highlight`) their language's
-// highlighting.
-export function decorateCode(container, {highlight = true} = {}) {
+// Code blocks get a header with the language and Copy, and their language's highlighting;
+// one still `streaming` gets its header only, Copy disabled (the block is rendered again
+// at every token, which would swallow a click).
+export function decorateCode(container, {streaming = false} = {}) {
   for (const code of container.querySelectorAll("pre > code")) {
     if (code.dataset.decorated) continue;
     code.dataset.decorated = "1";
     const language = (code.className.match(/language-([\w+#-]+)/) || [])[1] || "";
-    if (highlight && language && hljs.getLanguage(language)) {
+    if (!streaming && language && hljs.getLanguage(language)) {
       code.innerHTML = hljs.highlight(code.textContent, {language}).value;  // hljs escapes the text
       code.classList.add("hljs");
     }
@@ -41,6 +42,7 @@ export function decorateCode(container, {highlight = true} = {}) {
     copy.className = "copy-code";
     copy.textContent = "Copy";
     copy.setAttribute("aria-label", "Copy code");
+    copy.disabled = streaming;
     copy.addEventListener("click", () => copyText(code.textContent, copy));
     header.append(label, copy);
     code.parentElement.before(header);
@@ -106,8 +108,8 @@ export class StreamingView {
     }
     this.tail.innerHTML = markdownToHtml(text.slice(this.stableText.length));
     // A code block still being written has its header already, so nothing moves when it
-    // ends; it is highlighted once, then.
-    decorateCode(this.tail, {highlight: false});
+    // ends; it is highlighted, and its Copy enabled, then.
+    decorateCode(this.tail, {streaming: true});
   }
 
   finish(text) {

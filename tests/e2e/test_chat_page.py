@@ -137,7 +137,7 @@ def test_code_is_highlighted_with_a_working_copy_and_tables_render(page: Page, s
 def test_a_code_block_being_written_has_its_header_and_is_highlighted_when_it_ends(page: Page, server):
     """The page's streaming renderer, fed an answer a piece at a time as frames feed it: an
     open fence shows its header (language, Copy) at once, so nothing moves when it closes;
-    its code is highlighted once it ends."""
+    its code is highlighted, and Copy enabled, once it ends."""
     sign_up(page, server, "streamer")
     parts = page.evaluate(r"""async () => {
         const {StreamingView} = await import("/static/chat/render.js");
@@ -148,13 +148,15 @@ def test_a_code_block_being_written_has_its_header_and_is_highlighted_when_it_en
             view.update(text);
             return {headers: [...element.querySelectorAll(".code-header span")].map((span) => span.textContent),
                     code: element.querySelector("pre code")?.textContent ?? null,
+                    copy: element.querySelector(".copy-code")?.disabled ? "disabled" : "enabled",
                     highlighted: element.querySelectorAll(".hljs-keyword").length};
         };
         return [seen("Here:\n\n```python\ndef add(a, b):\n"),
                 seen("Here:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nDone")];
     }""")
-    assert parts[0] == {"headers": ["python"], "code": "def add(a, b):\n", "highlighted": 0}
-    assert parts[1] == {"headers": ["python"], "code": "def add(a, b):\n    return a + b\n", "highlighted": 2}
+    assert parts[0] == {"headers": ["python"], "code": "def add(a, b):\n", "copy": "disabled", "highlighted": 0}
+    assert parts[1] == {"headers": ["python"], "code": "def add(a, b):\n    return a + b\n", "copy": "enabled",
+                        "highlighted": 2}
 
 
 def test_html_from_a_user_or_the_model_is_inert(page: Page, server):
